@@ -10,6 +10,8 @@ these to the exit codes of DESIGN §6 in one place::
     │   └── ReleaseNotFound
     ├── LockHeld                     exit 3  another deploy holds the deploy lock
     ├── HostError                    exit 1  a phase failed on one or more hosts
+    │   └── TransportError                   a host is unreachable, refused our key, or showed
+    │                                        an unknown or changed host key
     ├── MigrationFailed              exit 1  a data migration raised (or its runner failed)
     ├── Interrupted                  exit 1  Ctrl-C; hosts were put back as they were
     └── NeedsPerson                  exit 4  switching back failed, a revert failed, or the
@@ -53,6 +55,10 @@ class LockHeld(DeployToolsError):
 
 class HostError(DeployToolsError):
     """A phase failed on one or more hosts; the message names each host and the phase."""
+
+
+class TransportError(HostError):
+    """A host could not be reached, refused our key, or showed an unknown or changed host key."""
 
 
 class MigrationFailed(DeployToolsError):

@@ -1,0 +1,89 @@
+"""What people and CI see: phases, upload progress, result tables, or one JSON object.
+
+Human output uses rich (colours only on a terminal, NO_COLOR respected). With ``--json``
+stdout carries exactly one JSON object and nothing else; notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from .redact import redact
+
+
+class Reporter:
+    """Progress and results of one command, for a person (``json_mode=False``) or CI."""
+
+    def __init__(self, json_mode: bool = False, console: Console | None = None) -> None:
+        self.json_mode = json_mode
+        self.console = console or Console(stderr=json_mode, highlight=False, soft_wrap=True)
+        self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if not self.json_mode:
+            self.console.print(f"[bold cyan]→ {escape(name)}[/] {escape(redact(detail))}".rstrip())
+
+    def note(self, message: str) -> None:
+        if not self.json_mode:
+            self.console.print(escape(redact(message)))
+
+    def warn(self, message: str) -> None:
+        self.errors.print(f"[yellow]warning:[/] {escape(redact(message))}")
+
+    @contextlib.contextmanager
+    def upload(
+        self, hosts: list[str], total: int
+    ) -> Iterator[Callable[[str], Callable[[int, int], None]]]:
+        """Yields ``for_host(name) -> callback(sent, total)`` driving one bar per host."""
+        if self.json_mode or not self.console.is_terminal:
+            yield lambda host: lambda sent, size: None
+            return
+        with Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            tasks = {host: progress.add_task(escape(host), total=total) for host in hosts}
+
+            def for_host(host: str) -> Callable[[int, int], None]:
+                return lambda sent, size: progress.update(tasks[host], completed=sent)
+
+            yield for_host
+
+    # -- results -----------------------------------------------------------------------------
+
+    def emit_json(self, data: dict[str, Any]) -> None:
+        """The one JSON object of a ``--json`` command, on stdout."""
+        sys.stdout.write(redact(json.dumps(data, indent=2, default=str)) + "\n")
+        sys.stdout.flush()
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if cell is None else escape(redact(str(cell))) for cell in row))
+        self.console.print(table)
+
+    def error(self, message: str) -> None:
+        self.errors.print(f"[bold red]error:[/] {escape(redact(message))}")

@@ -1,0 +1,3 @@
+"""This repository's invoke entry: the deploytools tasks (`invoke --list`)."""
+
+from deploytools.tasks import ns  # noqa: F401
