@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import servers
+from fleet import AppRepo, Fleet
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +98,61 @@ def deploy_dir():
 
 def pytest_report_header(config):
     return f"deploytools tests as uid {os.geteuid()}"
+
+
+# -- fleets to deploy to ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_repo(deploy_dir) -> AppRepo:
+    """A git work tree with one commit, standing for the application being released."""
+    return AppRepo(deploy_dir / "app")
+
+
+def make_ssh_fleet(cluster, deploy_dir: Path, repo: AppRepo, *, roots=None) -> Fleet:
+    """The three sshd hosts, each with its own root (a per-host override in deploy.hosts)."""
+    roots = roots or {
+        host.spec: deploy_dir / f"host{index}" / "app"
+        for index, host in enumerate(cluster.hosts, start=1)
+    }
+    entries = [
+        {"host": name, "root": str(root), "python": sys.executable} for name, root in roots.items()
+    ]
+    return Fleet(
+        kind="ssh",
+        entries=entries,
+        roots=dict(roots),
+        repo=repo,
+        known_hosts=cluster.known_hosts,
+        identity_file=cluster.client_key,
+    )
+
+
+def make_local_fleet(deploy_dir: Path, repo: AppRepo) -> Fleet:
+    root = deploy_dir / "local" / "app"
+    return Fleet(
+        kind="local", entries=["local"], roots={"local": root}, repo=repo, extra={"root": str(root)}
+    )
+
+
+@pytest.fixture
+def ssh_fleet(ssh_cluster, deploy_dir, app_repo) -> Fleet:
+    """Three sshd hosts, set up (releases/ and shared/ exist)."""
+    from deploytools.admin import setup
+
+    fleet = make_ssh_fleet(ssh_cluster, deploy_dir, app_repo)
+    setup(fleet.settings())
+    return fleet
+
+
+@pytest.fixture(params=["ssh", "local"])
+def fleet(request, deploy_dir, app_repo) -> Fleet:
+    """The same scenario on three sshd hosts and on one local directory target."""
+    from deploytools.admin import setup
+
+    if request.param == "ssh":
+        fleet = make_ssh_fleet(request.getfixturevalue("ssh_cluster"), deploy_dir, app_repo)
+    else:
+        fleet = make_local_fleet(deploy_dir, app_repo)
+    setup(fleet.settings())
+    return fleet

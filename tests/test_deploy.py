@@ -1,0 +1,166 @@
+"""Deploys and rollbacks end to end: on three real sshd hosts, and on a local directory target."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from deploytools.deploy import deploy
+from deploytools.exceptions import ReleaseNotFound
+from deploytools.rollback import rollback
+
+
+def test_two_deploys_give_every_host_the_same_releases_and_a_log(fleet):
+    first = deploy(fleet.settings())
+    fleet.repo.bump()
+    second = deploy(fleet.settings())
+    sha = fleet.repo.git("rev-parse", "HEAD")
+
+    assert first.release != second.release
+    assert second.release.endswith("-" + sha[:7])
+    for host in fleet.names:
+        root = fleet.root(host)
+        assert fleet.releases(host) == sorted([first.release, second.release])
+        assert os.readlink(root / "current") == f"releases/{second.release}"  # relative
+        manifest = json.loads((root / "releases" / second.release / ".release.json").read_text())
+        assert manifest["id"] == second.release and manifest["sha"] == sha
+        assert (root / "current" / "app.py").read_text() == "VERSION = 1\n"
+        log = fleet.revisions(host)
+        assert [line["release"] for line in log] == [first.release, second.release]
+        assert [line["status"] for line in log] == ["succeeded", "succeeded"]
+        assert log[1]["previous"] == first.release and log[1]["sha"] == sha
+        assert log[1]["user"] and log[1]["at"].endswith("Z")
+        assert not fleet.locked(host)
+        # nothing half-done is left lying around
+        assert not [p for p in (root / "releases").iterdir() if p.name.startswith(".")]
+    assert second.status == "succeeded"
+    assert {h["current"] for h in second.hosts} == {second.release}
+
+
+def test_current_never_missing_or_partial_during_twenty_switches(fleet):
+    first = deploy(fleet.settings()).release
+    fleet.repo.bump()
+    second = deploy(fleet.settings()).release
+    root = fleet.root()
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                target = os.path.realpath(root / "current")
+                if not os.path.exists(os.path.join(target, ".release.json")):
+                    problems.append(f"current -> {target} is not a complete release")
+            except OSError as error:
+                problems.append(f"current unreadable: {error}")
+            reads += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for number in range(20):
+            rollback(fleet.settings(), to=first if number % 2 == 0 else second)
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert reads > 100
+    assert fleet.current(fleet.names[0]) == second
+
+
+def test_keep_releases_keeps_current_and_its_rollback_target(fleet):
+    ids = []
+    for _ in range(4):
+        ids.append(deploy(fleet.settings(keep_releases=2)).release)
+        fleet.repo.bump()
+    for host in fleet.names:
+        assert fleet.releases(host) == sorted(ids[2:])
+        assert fleet.current(host) == ids[3]
+
+
+def test_rollback_goes_back_one_release_at_a_time(fleet):
+    ids = []
+    for _ in range(3):
+        ids.append(deploy(fleet.settings()).release)
+        fleet.repo.bump()
+
+    result = rollback(fleet.settings())
+    assert result.release == ids[1] and result.previous == ids[2]
+    assert set(fleet.currents().values()) == {ids[1]}
+    rollback(fleet.settings())
+    assert set(fleet.currents().values()) == {ids[0]}
+    for host in fleet.names:
+        log = fleet.revisions(host)
+        assert [(line["action"], line["release"]) for line in log[-2:]] == [
+            ("rollback", ids[1]),
+            ("rollback", ids[0]),
+        ]
+        assert log[-1]["previous"] == ids[1]
+        assert not fleet.locked(host)
+
+
+def test_rollback_to_an_unknown_release_changes_nothing(fleet):
+    deploy(fleet.settings())
+    fleet.repo.bump()
+    deploy(fleet.settings())
+    before = fleet.snapshot()
+
+    with pytest.raises(ReleaseNotFound, match="20990101000000-abcdef0"):
+        rollback(fleet.settings(), to="20990101000000-abcdef0")
+    assert fleet.snapshot() == before
+
+    completed = fleet.invoke("rollback", "--to", "20990101000000-abcdef0")
+    assert completed.returncode == 2, completed.stderr
+    assert "20990101000000-abcdef0" in completed.stderr
+    assert fleet.snapshot() == before
+
+
+def test_rollback_target_is_never_a_failed_release_nor_chosen_by_mtime(fleet):
+    ids = [deploy(fleet.settings()).release]
+    fleet.repo.bump()
+    ids.append(deploy(fleet.settings()).release)
+    # make the oldest release look newest on disk: the log decides, not directory times
+    for host in fleet.names:
+        os.utime(fleet.root(host) / "releases" / ids[0], (4_000_000_000, 4_000_000_000))
+    fleet.repo.bump()
+    ids.append(deploy(fleet.settings()).release)
+    assert rollback(fleet.settings()).release == ids[1]
+
+
+def test_deploy_json_reports_one_connection_and_four_commands_per_host(fleet):
+    completed = fleet.invoke("deploy", "--json")
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)  # stdout holds only the JSON object
+    assert report["status"] == "succeeded" and report["error"] is None
+    assert report["migrations"] is None
+    assert [h["host"] for h in report["hosts"]] == fleet.names
+    for host in report["hosts"]:
+        assert host["current"] == report["release"]
+        assert host["commands"] <= 4
+        assert host["connections"] == (1 if fleet.kind == "ssh" else 0)
+
+
+def test_cli_deploy_and_releases_listing(fleet):
+    assert fleet.invoke("deploy").returncode == 0
+    fleet.repo.bump()
+    completed = fleet.invoke("deploy")
+    assert completed.returncode == 0, completed.stderr
+    assert "finish" in completed.stdout
+
+    listing = fleet.invoke("releases", "--json")
+    assert listing.returncode == 0, listing.stderr
+    hosts = json.loads(listing.stdout)["hosts"]
+    assert len(hosts) == len(fleet.names)
+    for entry in hosts:
+        marks = {
+            r["id"]: (r["current"], r["rollback_target"], r["failed"]) for r in entry["releases"]
+        }
+        assert marks[entry["current"]] == (True, False, False)
+        assert sorted(marks.values()) == [(False, True, False), (True, False, False)]
+    table = fleet.invoke("releases")
+    assert "rollback target" in table.stdout and "current" in table.stdout
