@@ -226,6 +226,11 @@ class SSHHost:
                 os.kill(pid, signal.SIGKILL)
         return pids
 
+    def in_namespace(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside this host's mount namespace (a mount made there is seen by
+        this host alone)."""
+        return ["nsenter", "-t", str(self.process.pid), "-m", "--", *argv]
+
     def stop(self) -> None:
         self.kill_sessions()
         _stop_process(self.process)
