@@ -18,7 +18,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("DEPLOYTOOLS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """The newest PostgreSQL server binaries Debian installed (override: DEPLOYTOOLS_PG_BIN)."""
+    if "DEPLOYTOOLS_PG_BIN" in os.environ:
+        return Path(os.environ["DEPLOYTOOLS_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 SSHD = "/usr/sbin/sshd"
 
 

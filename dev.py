@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""The README's two commands: ``python3 dev.py demo`` and ``python3 dev.py test``.
+
+Both need nothing but Python 3.11+ and the Debian packages named in the README. They create
+``.venv`` beside this file, install the project there, and re-run themselves inside it.
+
+- ``demo``: deploy this repository to a local directory (``.demo/app``) on the embedded
+  default (SQLite ledger), with the article's ``feature_flags`` table prepared and a
+  throwaway ``redis-server``; the flags migration runs as the post-deploy step; then the
+  migration status and the flags read back from Redis are printed. Run it again: the second
+  deploy applies nothing.
+- ``test``: the whole test suite against real sshd, PostgreSQL and Redis on loopback. As root
+  it installs missing system packages with apt-get; otherwise it prints the line to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+DEMO = HERE / ".demo"
+
+# what each command needs from the system: (executable or glob, Debian package)
+DEMO_NEEDS = [("git", "git"), ("redis-server", "redis-server")]
+TEST_NEEDS = [
+    *DEMO_NEEDS,
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("ssh-keygen", "openssh-client"),
+    ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+]
+
+
+def missing_packages(needs: list[tuple[str, str]]) -> list[str]:
+    missing = []
+    for thing, package in needs:
+        found = glob.glob(thing) if "/" in thing else shutil.which(thing)
+        if not found and package not in missing:
+            missing.append(package)
+    return missing
+
+
+def ensure_system_packages(needs: list[tuple[str, str]]) -> None:
+    missing = missing_packages(needs)
+    if not missing:
+        return
+    line = "apt-get update && apt-get install -y --no-install-recommends " + " ".join(missing)
+    if os.geteuid() != 0:
+        sys.exit(
+            f"missing system packages: {', '.join(missing)}. Install them with:\n  sudo {line}"
+        )
+    print(f"installing {', '.join(missing)} ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["sh", "-c", line], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def in_venv(extra: str) -> None:
+    """Re-run this script inside .venv with the project (and ``extra``) installed."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not VENV_PYTHON.exists():
+        print("creating .venv ...", flush=True)
+        try:
+            venv.create(VENV, with_pip=True)
+        except (subprocess.CalledProcessError, OSError):
+            shutil.rmtree(VENV, ignore_errors=True)
+            sys.exit("python3 cannot create a virtual environment: install python3-venv")
+    stamp = VENV / f".installed{extra}"
+    if not stamp.exists() or stamp.stat().st_mtime < (HERE / "pyproject.toml").stat().st_mtime:
+        print(f"installing deploytools{extra} into .venv ...", flush=True)
+        subprocess.run(
+            [str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{HERE}{extra}"], check=True
+        )
+        stamp.touch()
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
+
+
+def test(args: list[str]) -> int:
+    ensure_system_packages(TEST_NEEDS)
+    in_venv("[test]")
+    subprocess.run([sys.executable, "-m", "ruff", "check", str(HERE)], check=True)
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=HERE).returncode
+
+
+def demo(args: list[str]) -> int:
+    ensure_system_packages(DEMO_NEEDS)
+    in_venv("")
+    import json
+    import socket
+    import sqlite3
+    import time
+
+    import redis
+
+    root = DEMO / "app"
+    (DEMO / "redis").mkdir(parents=True, exist_ok=True)
+    config = DEMO / "invoke.yaml"
+    config.write_text(
+        json.dumps({"deploy": {"hosts": ["local"], "root": str(root), "repo": str(HERE)}})
+    )
+
+    def invoke(*task: str) -> None:
+        print(f"\n$ invoke -f .demo/invoke.yaml {' '.join(task)}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "invoke", "-f", str(config), *task], cwd=HERE, check=True
+        )
+
+    # a throwaway Redis, its data kept in .demo/redis between runs of the demo
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(DEMO / "redis"),
+            "--dbfilename",
+            "demo.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, decode_responses=True)
+    try:
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        invoke("setup")
+        # production secrets live in the host's shared/.env, not on the laptop
+        (root / "shared" / ".env").write_text(f"REDIS_URL=redis://127.0.0.1:{port}/0\n")
+        # the article's table, in the embedded SQLite ledger database
+        with sqlite3.connect(root / "shared" / "datamig.sqlite3") as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS feature_flags (name TEXT PRIMARY KEY, enabled BOOLEAN)"
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO feature_flags VALUES (?, ?)",
+                [("2fa_sms", True), ("notifications_beta", False), ("pagination", True)],
+            )
+        invoke("deploy")
+        invoke("datamig.status")
+        print("\nfeature flags read back from Redis (hash feature_flags):")
+        for name, value in sorted(client.hgetall("feature_flags").items()):
+            print(f"  {name:<20} {'on' if value == '1' else 'off'}")
+        print(f"\nreleases are in {root}; run the demo again: the second deploy applies nothing.")
+        return 0
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            client.shutdown(save=True)
+        server.wait(10)
+
+
+def main() -> int:
+    commands = {"demo": demo, "test": test}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print(__doc__)
+        return 2
+    return commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
