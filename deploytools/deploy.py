@@ -282,11 +282,21 @@ def _undo(
 ) -> BaseException:
     """Put every host back after ``failure``; return the exception the user should see."""
     error = _explain(failure, release)
+    if isinstance(failure, _RunnerFailed) and failure.answer.data is not None:
+        result.migrations = failure.answer.data
     if not any(run.switched for run in runs.values()):
         reporter.phase("abort", "removing the partial release, releasing locks")
         problems = _on_each(group, runs, "abort", lambda run: _abort(run, release, owner))
         result.status = "failed"
     else:
+        migration_run = runs[settings.migrate_on.name]
+        lost = isinstance(failure, _RunnerFailed) and failure.answer.connection_lost
+        if lost:
+            # the runner may have finished, failed, or still be running: ask the ledger
+            error = _establish_outcome(settings, migration_run, release)
+        revert_problem = None
+        if settings.revert_on_rollback and release.migrations and not lost:
+            revert_problem = _revert_applied(settings, migration_run, release, reporter)
         reporter.phase("rollback", "switching every host back")
         migration = getattr(error, "migration", None)
         revision_error = str(error)
@@ -298,6 +308,8 @@ def _undo(
             hosts=[name for name, run in runs.items() if run.locked],
         )
         result.status = "rolled_back" if not problems else "failed"
+        if revert_problem:
+            error = NeedsPerson(f"{error}\n{revert_problem}")
     if problems:
         hosts = ", ".join(problems)
         details = "; ".join(f"{host}: {message}" for host, message in problems.items())
@@ -307,6 +319,90 @@ def _undo(
         )
     result.error = str(error)
     return error
+
+
+def _establish_outcome(settings: Settings, run: HostRun, release: Release) -> DeployToolsError:
+    """After the migration host's connection died mid-run: reconnect and read the ledger.
+    A failed migration, or every one applied, is an outcome (exit 1); migrations still
+    pending mean the runner died or still runs, which only a person can tell (exit 4)."""
+    host = run.transport.target.name
+    versions = {stem.split("_", 1)[0] for stem in release.migrations}
+    try:
+        run.transport.reconnect()
+        answer = run_runner(
+            run.transport, settings, directory=f"releases/{release.id}", command="status", args=[]
+        )
+        entries = [m for m in (answer.data or {}).get("migrations", []) if m["version"] in versions]
+    except DeployToolsError as error:
+        answer, entries = None, []
+        reason = str(error)
+    else:
+        reason = answer.stderr_tail() if answer.data is None else ""
+    if answer is not None and answer.data is not None:
+        failed = [m for m in entries if m.get("state") == "failed"]
+        pending = [m for m in entries if m.get("state") == "pending"]
+        if failed:
+            error = MigrationFailed(
+                f"migration {migration_label(failed[0])} failed on {host} (the connection was "
+                f"lost while it ran): {failed[0].get('error')}"
+            )
+            error.migration = {"version": failed[0]["version"], "name": failed[0]["name"]}  # type: ignore[attr-defined]
+            return error
+        if not pending:
+            return MigrationFailed(
+                f"the connection to {host} was lost during migrate, after the runner had applied "
+                f"every migration of {release.id}; the code was switched back, the migrations "
+                "stay applied. Deploy again to go forward."
+            )
+        names = ", ".join(migration_label(m) for m in pending)
+        reason = f"{names} still pending"
+    return NeedsPerson(
+        f"the connection to {host} was lost while migrations ran and their outcome is unknown "
+        f"({reason}): the runner may have died or may still be running there. Check with "
+        f"`invoke datamig.status --release {release.id}` and `invoke datamig.apply`."
+    )
+
+
+def _revert_applied(
+    settings: Settings, run: HostRun, release: Release, reporter: Reporter
+) -> str | None:
+    """``datamig.revert_on_rollback``: revert what this release applied, newest first, before
+    the code goes back. Returns what a person must look at, or None."""
+    reporter.phase("revert", f"migrations applied by {release.id}")
+    try:
+        answer = run_runner(
+            run.transport,
+            settings,
+            directory=f"releases/{release.id}",
+            command="revert",
+            args=["--release", release.id, "--skip-irreversible"],
+        )
+    except DeployToolsError as error:
+        return f"reverting the migrations of {release.id} failed: {error}"
+    data = answer.data or {}
+    for item in data.get("reverted", []):
+        reporter.note(f"  reverted {migration_label(item)}")
+    problems = []
+    if data.get("not_revertible"):
+        names = ", ".join(migration_label(m) for m in data["not_revertible"])
+        problems.append(f"not reverted (no revert()): {names}")
+    if data.get("failed"):
+        problems.append(
+            f"revert of {migration_label(data['failed'])} failed: {data['failed'].get('error')}"
+        )
+    if answer.exit_code not in (0, None) and not problems:
+        problems.append(f"the runner failed (exit {answer.exit_code}): {answer.stderr_tail()}")
+    if answer.data is None and not problems:
+        problems.append(f"no answer from the runner: {answer.stderr_tail() or 'connection lost'}")
+    if not problems:
+        return None
+    return (
+        f"Migrations of {release.id} on {run.transport.target.name} were not all reverted: "
+        + "; ".join(problems)
+        + ". Check `invoke datamig.status --release "
+        + release.id
+        + "`."
+    )
 
 
 def _explain(failure: BaseException, release: Release) -> BaseException:
