@@ -76,9 +76,13 @@ def in_venv(extra: str) -> None:
     stamp = VENV / f".installed{extra}"
     if not stamp.exists() or stamp.stat().st_mtime < (HERE / "pyproject.toml").stat().st_mtime:
         print(f"installing deploytools{extra} into .venv ...", flush=True)
-        subprocess.run(
-            [str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{HERE}{extra}"], check=True
+        pip = subprocess.run(
+            [str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{HERE}{extra}"],
+            capture_output=True,
+            text=True,
         )
+        if pip.returncode != 0:
+            sys.exit(f"pip install failed:\n{pip.stdout}{pip.stderr}")
         stamp.touch()
     os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
 
