@@ -6,6 +6,7 @@ The runner runs inside ``current`` (or ``releases/<ID>``) with the same ``--root
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .config import Settings
@@ -57,24 +58,12 @@ def remote_apply(settings: Settings) -> RunnerResult:
     return _run(settings, "current", "apply", ["--lock-timeout", str(int(settings.lock_timeout))])
 
 
-def render_status(data: dict[str, Any], reporter: Reporter) -> None:
-    rows = [
-        [
-            m.get("version"),
-            m.get("name"),
-            m.get("state") + (" (out of order)" if m.get("out_of_order") else ""),
-            m.get("applied_at"),
-            m.get("duration_ms"),
-            m.get("release"),
-            m.get("error"),
-        ]
-        for m in data.get("migrations", [])
-    ]
-    reporter.table(
-        f"data migrations ({data.get('pending', 0)} pending)",
-        ["version", "name", "state", "applied at (UTC)", "ms", "release", "error"],
-        rows,
-    )
+def render_status(data: dict[str, Any], host: str) -> None:
+    """The runner's own table (``deploytools.datamig.render``), from its JSON answer."""
+    from .datamig.render import render_status as render_table
+    from .datamig.runner import StatusReport
+
+    render_table(StatusReport.from_json(data, ledger=f"read on {host}"), sys.stdout)
 
 
 def render_apply(data: dict[str, Any], reporter: Reporter) -> None:

@@ -225,7 +225,7 @@ def datamig_status(c, settings: Settings, reporter: Reporter, release=None, json
     if json:
         reporter.emit_json(answer)
     else:
-        render_status(answer, reporter)
+        render_status(answer, settings.migrate_on.name)
 
 
 @task(name="apply", help={"json": JSON_HELP, "hosts": HOSTS_HELP})

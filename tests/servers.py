@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 def _pg_bin() -> Path:
     """The newest PostgreSQL server binaries Debian installed (override: DEPLOYTOOLS_PG_BIN)."""
     if "DEPLOYTOOLS_PG_BIN" in os.environ:
