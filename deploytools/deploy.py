@@ -94,9 +94,10 @@ def deploy(
     with tempfile.TemporaryDirectory(prefix="deploytools-") as workdir:
         reporter.phase("build", f"{ref} of {settings.repo}")
         release = build_release(settings.repo, ref, settings.migrations_path, Path(workdir))
+        count = len(release.migrations)
         reporter.note(
             f"  release {release.id} ({release.size} bytes, "
-            f"{len(release.migrations)} migration files)"
+            f"{count} migration file{'' if count == 1 else 's'})"
         )
         with HostGroup(settings) as group:
             return _deploy_release(settings, group, release, reporter)
@@ -208,6 +209,8 @@ def _migrate(run: HostRun, settings: Settings, release: Release, reporter: Repor
             reporter.note(
                 f"  applied {migration_label(applied)} in {applied.get('duration_ms')} ms"
             )
+        if not answer.data.get("applied"):
+            reporter.note("  no pending migrations")
         return answer.data
     raise _RunnerFailed(answer)
 

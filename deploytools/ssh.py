@@ -119,7 +119,10 @@ class SSHTransport:
                     "was done. Check the key and add it (ssh-keyscan -p PORT HOST >> known_hosts), "
                     "or set deploy.accept_new_host_keys: true to trust new hosts on first use."
                 ) from None
-            if isinstance(error, paramiko.AuthenticationException):
+            # paramiko says "No authentication methods available" when it had no key to try
+            if isinstance(error, paramiko.AuthenticationException) or "authentication" in str(
+                error
+            ):
                 raise TransportError(
                     f"SSH authentication as {connection.user} on {target.name} failed: check "
                     "deploy.identity_file, your ssh-agent, or the key in ~/.ssh"

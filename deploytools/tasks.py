@@ -32,9 +32,11 @@ def _command(function: Callable[..., Any]) -> Callable[..., Any]:
             settings = load_settings(c.config, kwargs.get("hosts"))
             function(c, settings, reporter, *args, **kwargs)
         except DeployToolsError as error:
+            result = getattr(error, "result", None)
+            if not json_mode and getattr(result, "hosts", None):
+                _hosts_table(reporter, f"{result.release}: {result.status}", result.hosts)
             reporter.error(str(error))
             if json_mode:
-                result = getattr(error, "result", None)
                 if result is not None:
                     reporter.emit_json(result.to_json())
                 else:
@@ -94,10 +96,14 @@ def deploy(
     if json:
         reporter.emit_json(result.to_json())
         return
+    _hosts_table(reporter, f"deployed {result.release}", result.hosts)
+
+
+def _hosts_table(reporter: Reporter, title: str, hosts: list[dict[str, Any]]) -> None:
     reporter.table(
-        f"deployed {result.release}",
+        title,
         ["host", "current", "commands", "connections"],
-        [[h["host"], h["current"], h["commands"], h["connections"]] for h in result.hosts],
+        [[h["host"], h["current"], h["commands"], h["connections"]] for h in hosts],
     )
 
 

@@ -1,0 +1,63 @@
+"""SSH as an OpenSSH user expects it: ~/.ssh/config aliases, ssh-agent, identity files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from deploytools.deploy import deploy
+from deploytools.exceptions import TransportError
+
+
+def test_ssh_config_alias_with_its_own_hostname_port_user_and_key(
+    ssh_fleet, ssh_cluster, no_user_ssh
+):
+    host = ssh_cluster.hosts[1]
+    ssh_dir = no_user_ssh / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "config").write_text(
+        "Host web-alias\n"
+        f"    HostName {host.address}\n"
+        f"    Port {host.port}\n"
+        "    User root\n"
+        f"    IdentityFile {ssh_cluster.client_key}\n"
+    )
+    config = ssh_fleet.config()
+    config["deploy"].pop("identity_file")  # the key comes from ~/.ssh/config alone
+    root = ssh_fleet.roots[host.spec]
+    config["deploy"]["hosts"] = [{"host": "web-alias", "root": str(root)}]
+    from deploytools.config import load_settings
+
+    result = deploy(load_settings(config))
+    assert result.hosts[0]["host"] == "web-alias" and result.hosts[0]["connections"] == 1
+    assert os.readlink(root / "current") == f"releases/{result.release}"
+
+
+def test_ssh_agent_supplies_the_key(ssh_fleet, ssh_cluster, monkeypatch, tmp_path):
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if socket_path.exists():
+                break
+            subprocess.run(["sleep", "0.01"])
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        subprocess.run(
+            ["ssh-add", "-q", str(ssh_cluster.client_key)], check=True, capture_output=True
+        )
+        result = deploy(ssh_fleet.settings(identity_file=None))
+        assert result.status == "succeeded"
+        assert set(ssh_fleet.currents().values()) == {result.release}
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_without_a_usable_key_authentication_fails_clearly(ssh_fleet):
+    before = ssh_fleet.snapshot()
+    with pytest.raises(TransportError, match="authentication as root") as raised:
+        deploy(ssh_fleet.settings(identity_file=None))
+    assert "deploy.identity_file" in str(raised.value)
+    assert ssh_fleet.snapshot() == before
