@@ -259,6 +259,7 @@ def _boolean(key: str, value: Any) -> bool:
 
 
 def with_targets(settings: Settings, targets: tuple[Target, ...]) -> Settings:
-    """The same settings on other targets (the migration host stays the first of them if gone)."""
+    """The same settings on other targets (the first of them migrates if the migration host
+    is not among them)."""
     migrate_on = settings.migrate_on if settings.migrate_on in targets else targets[0]
     return replace(settings, targets=targets, migrate_on=migrate_on)

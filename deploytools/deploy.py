@@ -139,8 +139,21 @@ def _deploy_release(
 
     reporter.phase("finish", "log, clean up, unlock")
     existing = _common_releases(runs) | {release.id}
-    group.run("finish", lambda t: _finish(runs[t.target.name], settings, release, owner, existing))
-    result.status = "succeeded"
+    result.status = "succeeded"  # every host runs the new release from here on
+    try:
+        group.run(
+            "finish", lambda t: _finish(runs[t.target.name], settings, release, owner, existing)
+        )
+    except DeployToolsError as failure:
+        # the release is live everywhere; only the log, cleanup or lock release failed
+        error = NeedsPerson(
+            f"{release.id} is live on every host, but {failure}. Check revisions.jsonl there "
+            "and remove a leftover lock with `invoke lock.release`."
+        )
+        result.error = str(error)
+        result.hosts = _host_report(runs)
+        error.result = result  # type: ignore[attr-defined]
+        raise error from failure
     result.hosts = _host_report(runs)
     return result
 

@@ -9,17 +9,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .config import Settings
+from .config import Settings, with_targets
 from .exceptions import MigrationFailed
 from .hosts import HostGroup
 from .migrate import migration_label, run_runner
 from .output import Reporter
-
-
-def _migration_host_only(settings: Settings) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, targets=(settings.migrate_on,))
 
 
 class RunnerResult(dict):
@@ -38,7 +32,7 @@ class RunnerResult(dict):
 
 
 def _run(settings: Settings, directory: str, command: str, args: list[str]) -> RunnerResult:
-    with HostGroup(_migration_host_only(settings)) as group:
+    with HostGroup(with_targets(settings, (settings.migrate_on,))) as group:
         transport = group.transports[settings.migrate_on.name]
         answer = run_runner(transport, settings, directory=directory, command=command, args=args)
     if answer.data is None or answer.exit_code not in (0, 1):

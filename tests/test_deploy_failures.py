@@ -19,7 +19,7 @@ from servers import free_port
 from deploytools.admin import setup
 from deploytools.config import load_settings
 from deploytools.deploy import deploy
-from deploytools.exceptions import HostError, LockHeld, TransportError, UsageError
+from deploytools.exceptions import HostError, LockHeld, NeedsPerson, TransportError, UsageError
 from deploytools.lock import LockOwner
 from deploytools.release import check_archive
 from deploytools.rollback import rollback
@@ -334,3 +334,24 @@ def test_interrupted_deploy_leaves_no_lock_and_no_release(fleet, tmp_path):
     assert "interrupted" in stderr
     assert fleet.snapshot() == before
     assert set(fleet.currents().values()) == {first}
+
+
+@needs_root
+def test_finish_failing_after_the_switch_needs_a_person(ssh_fleet, ssh_cluster):
+    deploy(ssh_fleet.settings())
+    ssh_fleet.repo.bump()
+    broken = ssh_fleet.names[0]
+    log = ssh_fleet.root(broken) / "revisions.jsonl"
+    with (
+        read_only(log, sshd_host(ssh_cluster, broken)),
+        pytest.raises(NeedsPerson) as raised,
+    ):
+        deploy(ssh_fleet.settings())
+    error = raised.value
+    assert error.exit_code == 4
+    message = str(error)
+    assert broken in message and "finish" in message and "lock.release" in message
+    release = error.result.release
+    assert set(ssh_fleet.currents().values()) == {release}  # live everywhere
+    assert ssh_fleet.locked(broken)
+    assert not any(ssh_fleet.locked(host) for host in ssh_fleet.names if host != broken)
