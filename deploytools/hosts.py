@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from .config import Settings
-from .exceptions import DeployToolsError, HostError, LockHeld, NeedsPerson
+from .exceptions import DeployToolsError, HostError, LockHeld, NeedsPerson, UsageError
 from .layout import Code, HostState
 from .transport import CommandResult, Transport, open_transport
 
@@ -123,4 +123,17 @@ def checked(result: CommandResult, what: str) -> CommandResult:
     if result.connection_lost:
         raise HostError(f"the connection was lost during {what}")
     detail = result.stderr.strip() or result.stdout.strip() or "no output"
+    if result.exit_code in _NOTHING_CHANGED_CODES:
+        # a host that is not set up, a taken release id, a missing shared file or a Python
+        # without deploytools: found in preflight, before anything changed (exit 2)
+        raise UsageError(detail)
     raise HostError(f"{detail} (exit {result.exit_code})")
+
+
+_NOTHING_CHANGED_CODES = {
+    Code.NOT_SET_UP,
+    Code.RELEASE_EXISTS,
+    Code.SHARED_MISSING,
+    Code.NO_PYTHON,
+    Code.NO_RELEASE,
+}

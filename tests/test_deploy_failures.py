@@ -355,3 +355,16 @@ def test_finish_failing_after_the_switch_needs_a_person(ssh_fleet, ssh_cluster):
     assert set(ssh_fleet.currents().values()) == {release}  # live everywhere
     assert ssh_fleet.locked(broken)
     assert not any(ssh_fleet.locked(host) for host in ssh_fleet.names if host != broken)
+
+
+def test_a_host_that_is_not_set_up_is_exit_2_and_says_run_setup(ssh_fleet):
+    missing = ssh_fleet.names[2]
+    root = ssh_fleet.root(missing)
+    import shutil
+
+    shutil.rmtree(root)
+    before = ssh_fleet.snapshot()
+    completed = ssh_fleet.invoke("deploy")
+    assert completed.returncode == 2, completed.stderr
+    assert missing in completed.stderr and "invoke setup" in completed.stderr
+    assert ssh_fleet.snapshot() == before and not root.exists()

@@ -380,7 +380,7 @@ def test_preflight_refuses_a_python_without_deploytools(app):
     before = app.snapshot()
     entries = [dict(entry, python="/usr/bin/python3 -I -S") for entry in app.entries]
     code, _report, stderr = deploy_cli(app, hosts=entries)
-    assert code == 1, stderr
+    assert code == 2, stderr  # bad configuration, found before any host changed
     assert "preflight" in stderr and "deploytools.datamig" in stderr
     assert app.snapshot() == before and ledger_exists(app) is False
 
