@@ -19,15 +19,15 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from deploytools.datamig import ledger
 from deploytools.datamig.context import MigrationContext, RedisConnector, migration_logger
@@ -441,6 +441,59 @@ def apply(settings: Settings) -> ApplyResult:
     return result
 
 
+def _run_step(
+    settings: Settings,
+    engine: Engine,
+    redis: RedisConnector,
+    *,
+    version: str,
+    name: str,
+    release: str | None,
+    verb: str,
+    step: Callable[[MigrationContext], object],
+    record: Callable[[Connection, Attempt, int], None],
+    failure_prefix: str = "",
+) -> Done | Failure:
+    """Run ``step(ctx)`` (a migration's ``run`` or ``revert``) in its own transaction, with
+    ``record`` writing its ledger change in that same transaction: both commit or neither.
+    On an exception the transaction is rolled back and the failed attempt recorded apart."""
+    label = f"{version} {name}"
+    log.info("%s %s", verb, label)
+    started_at, start = ledger.utcnow(), time.perf_counter()
+    try:
+        with engine.connect() as conn, conn.begin():
+            ctx = MigrationContext(
+                db=conn,
+                redis_connector=redis,
+                log=migration_logger(version, name),
+                release=release,
+                version=version,
+                name=name,
+            )
+            step(ctx)
+            duration_ms = _ms(start)
+            attempt = Attempt(
+                version=version,
+                name=name,
+                status="",  # set by ``record``
+                started_at=started_at,
+                finished_at=ledger.utcnow(),
+                error=None,
+                release=release,
+                host=ledger.this_host(),
+            )
+            record(conn, attempt, duration_ms)
+    except Exception as error:
+        summary, detail = _describe(settings, error)
+        log.error("%s %s failed after %d ms: %s", verb, label, _ms(start), summary)
+        _record_failure(
+            settings, engine, version, name, started_at, failure_prefix + detail, release=release
+        )
+        return Failure(version, name, summary, detail)
+    log.info("%s: done in %d ms", label, duration_ms)
+    return Done(version, name, duration_ms)
+
+
 def _apply_one(
     settings: Settings,
     engine: Engine,
@@ -449,65 +502,37 @@ def _apply_one(
     module: ModuleType,
     out_of_order: bool,
 ) -> Done | Failure:
-    label = f"{migration.version} {migration.name}"
-    log.info("applying %s%s", label, " (out of order)" if out_of_order else "")
-    started_at, start = ledger.utcnow(), time.perf_counter()
-    try:
-        with engine.connect() as conn, conn.begin():
-            ctx = MigrationContext(
-                db=conn,
-                redis_connector=redis,
-                log=migration_logger(migration.version, migration.name),
-                release=settings.release,
+    """``run(ctx)`` and, in the same transaction, its ledger row and an applied attempt."""
+    assert migration.checksum is not None
+
+    def record(conn: Connection, attempt: Attempt, duration_ms: int) -> None:
+        ledger.insert_applied(
+            conn,
+            AppliedRow(
                 version=migration.version,
                 name=migration.name,
-            )
-            module.run(ctx)
-            duration_ms = _ms(start)
-            finished_at = ledger.utcnow()
-            assert migration.checksum is not None
-            ledger.insert_applied(
-                conn,
-                AppliedRow(
-                    version=migration.version,
-                    name=migration.name,
-                    checksum=migration.checksum,
-                    applied_at=finished_at,
-                    duration_ms=duration_ms,
-                    release=settings.release,
-                    host=ledger.this_host(),
-                    applied_by=ledger.this_user(),
-                    out_of_order=out_of_order,
-                ),
-            )
-            ledger.insert_attempt(
-                conn,
-                Attempt(
-                    version=migration.version,
-                    name=migration.name,
-                    status=ledger.APPLIED,
-                    started_at=started_at,
-                    finished_at=finished_at,
-                    error=None,
-                    release=settings.release,
-                    host=ledger.this_host(),
-                ),
-            )
-    except Exception as error:
-        summary, detail = _describe(settings, error)
-        log.error("migration %s failed after %d ms: %s", label, _ms(start), summary)
-        _record_failure(
-            settings,
-            engine,
-            migration.version,
-            migration.name,
-            started_at,
-            detail,
-            release=settings.release,
+                checksum=migration.checksum,
+                applied_at=attempt.finished_at,
+                duration_ms=duration_ms,
+                release=settings.release,
+                host=attempt.host,
+                applied_by=ledger.this_user(),
+                out_of_order=out_of_order,
+            ),
         )
-        return Failure(migration.version, migration.name, summary, detail)
-    log.info("applied %s in %d ms", label, duration_ms)
-    return Done(migration.version, migration.name, duration_ms)
+        ledger.insert_attempt(conn, replace(attempt, status=ledger.APPLIED))
+
+    return _run_step(
+        settings,
+        engine,
+        redis,
+        version=migration.version,
+        name=migration.name,
+        release=settings.release,
+        verb="applying out of order" if out_of_order else "applying",
+        step=module.run,
+        record=record,
+    )
 
 
 def _record_failure(
@@ -650,47 +675,21 @@ def _revert_one(
     row: AppliedRow,
     module: ModuleType,
 ) -> Done | Failure:
-    label = f"{row.version} {row.name}"
-    log.info("reverting %s", label)
-    started_at, start = ledger.utcnow(), time.perf_counter()
-    try:
-        with engine.connect() as conn, conn.begin():
-            ctx = MigrationContext(
-                db=conn,
-                redis_connector=redis,
-                log=migration_logger(row.version, row.name),
-                release=row.release,
-                version=row.version,
-                name=row.name,
-            )
-            module.revert(ctx)
-            duration_ms = _ms(start)
-            ledger.delete_applied(conn, row.version)
-            ledger.insert_attempt(
-                conn,
-                Attempt(
-                    version=row.version,
-                    name=row.name,
-                    status=ledger.REVERTED,
-                    started_at=started_at,
-                    finished_at=ledger.utcnow(),
-                    error=None,
-                    release=row.release,
-                    host=ledger.this_host(),
-                ),
-            )
-    except Exception as error:
-        summary, detail = _describe(settings, error)
-        log.error("revert of %s failed after %d ms: %s", label, _ms(start), summary)
-        _record_failure(
-            settings,
-            engine,
-            row.version,
-            row.name,
-            started_at,
-            f"revert failed: {detail}",
-            release=row.release,
-        )
-        return Failure(row.version, row.name, summary, detail)
-    log.info("reverted %s in %d ms", label, duration_ms)
-    return Done(row.version, row.name, duration_ms)
+    """``revert(ctx)`` and, in the same transaction, the removal of its ledger row."""
+
+    def record(conn: Connection, attempt: Attempt, _duration_ms: int) -> None:
+        ledger.delete_applied(conn, row.version)
+        ledger.insert_attempt(conn, replace(attempt, status=ledger.REVERTED))
+
+    return _run_step(
+        settings,
+        engine,
+        redis,
+        version=row.version,
+        name=row.name,
+        release=row.release,
+        verb="reverting",
+        step=module.revert,
+        record=record,
+        failure_prefix="revert failed: ",
+    )
