@@ -421,3 +421,36 @@ def test_rollback_refuses_a_migration_without_revert_before_any_change(app):
     assert "202601010100" in completed.stderr and "no_revert" in completed.stderr
     assert app.snapshot() == before_hosts and ledger(app) == before_ledger
     assert set(app.currents().values()) == {second}
+
+
+def test_datamig_apply_over_ssh_runs_what_current_has_pending(app):
+    app.repo.commit({"migrations/202601010000_create_things.py": CREATE_THINGS})
+    release = deploy_cli(app)[1]["release"]
+    # make it pending again, as a person would on the host
+    reverted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploytools.datamig",
+            "revert",
+            "202601010000",
+            "--json",
+            "--database-url",
+            app.facts["pg_url"],
+        ],
+        cwd=app.root(app.names[0]) / "current",
+        capture_output=True,
+        text=True,
+    )
+    assert reverted.returncode == 0, reverted.stderr
+    assert ledger(app) == [] and things(app) == []
+
+    completed = app.invoke("datamig.apply", "--json")
+    assert completed.returncode == 0, completed.stderr
+    answer = json.loads(completed.stdout)
+    assert [m["version"] for m in answer["applied"]] == ["202601010000"]
+    assert [(r["version"], r["release"]) for r in ledger(app)] == [("202601010000", release)]
+    again = json.loads(app.invoke("datamig.apply", "--json").stdout)
+    assert again["applied"] == [] and again["pending_before"] == 0
+    human = app.invoke("datamig.apply")
+    assert human.returncode == 0 and "nothing to apply" in human.stdout
