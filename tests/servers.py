@@ -214,7 +214,7 @@ class SSHHost:
     @property
     def spec(self) -> str:
         """The ``user@host:port`` string deploytools takes in ``deploy.hosts``."""
-        return f"root@{self.address}:{self.port}"
+        return f"{pwd.getpwuid(os.geteuid()).pw_name}@{self.address}:{self.port}"
 
     @property
     def known_hosts_name(self) -> str:
@@ -299,7 +299,8 @@ def start_ssh_cluster(
         raise RuntimeError("sshd is not installed: apt-get install openssh-server")
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    if os.geteuid() == 0:  # sshd's privilege separation directory, needed when run as root
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     client_key = directory / "client_key"
     authorized = directory / "authorized_keys"
     authorized.write_text(_keygen(client_key, "deploytools-tests") + "\n")
