@@ -13,6 +13,7 @@ from .config import Settings
 from .hosts import HostGroup, checked
 from .layout import HostState, lock_release_script, setup_script, state_script
 from .revisions import failed_releases, rollback_target
+from .transport import Transport
 
 
 def setup(settings: Settings) -> dict[str, str]:
@@ -29,15 +30,17 @@ def setup(settings: Settings) -> dict[str, str]:
     return {name: state.root for name, state in states.items()}
 
 
+def read_state(transport: Transport) -> HostState:
+    """One host's layout, releases, revisions and lock (read-only, one command)."""
+    return HostState.parse(
+        checked(transport.run_script(state_script(transport.target.root)), "read").stdout
+    )
+
+
 def read_states(settings: Settings) -> dict[str, HostState]:
-    """Every host's layout, releases, revisions and lock (read-only)."""
+    """Every host's state, read in parallel."""
     with HostGroup(settings) as group:
-        return group.run(
-            "read",
-            lambda t: HostState.parse(
-                checked(t.run_script(state_script(t.target.root)), "read").stdout
-            ),
-        )
+        return group.run("read", read_state)
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,17 @@ def releases(settings: Settings) -> dict[str, list[ReleaseInfo]]:
     return listing
 
 
+def _lock_record(state: HostState) -> dict[str, Any] | None:
+    """The owner as a dict; ``{}`` for a lock without owner.json, None when unlocked."""
+    if not state.locked:
+        return None
+    return vars(state.lock) if state.lock else {}
+
+
 def lock_status(settings: Settings) -> dict[str, dict[str, Any] | None]:
     """The lock owner per host (None when unlocked; ``{}`` for a lock without owner.json)."""
     states = read_states(settings)
-    return {
-        name: (vars(state.lock) if state.lock else {}) if state.locked else None
-        for name, state in states.items()
-    }
+    return {name: _lock_record(state) for name, state in states.items()}
 
 
 def lock_release(settings: Settings) -> dict[str, dict[str, Any] | None]:
@@ -86,7 +93,4 @@ def lock_release(settings: Settings) -> dict[str, dict[str, Any] | None]:
                 checked(t.run_script(lock_release_script(t.target.root)), "lock.release").stdout
             ),
         )
-    return {
-        name: (vars(state.lock) if state.lock else {}) if state.locked else None
-        for name, state in states.items()
-    }
+    return {name: _lock_record(state) for name, state in states.items()}

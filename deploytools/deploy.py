@@ -42,7 +42,7 @@ from .layout import (
     unpack_script,
 )
 from .lock import LockOwner, deployer, utc_now
-from .migrate import RunnerAnswer, migration_label, python_argv, run_runner
+from .migrate import RunnerAnswer, migration_failed, migration_label, python_argv, run_runner
 from .output import Reporter
 from .release import Release, build_release
 from .revisions import Revision, releases_to_remove, rollback_target
@@ -358,12 +358,7 @@ def _establish_outcome(settings: Settings, run: HostRun, release: Release) -> De
         failed = [m for m in entries if m.get("state") == "failed"]
         pending = [m for m in entries if m.get("state") == "pending"]
         if failed:
-            error = MigrationFailed(
-                f"migration {migration_label(failed[0])} failed on {host} (the connection was "
-                f"lost while it ran): {failed[0].get('error')}"
-            )
-            error.migration = {"version": failed[0]["version"], "name": failed[0]["name"]}  # type: ignore[attr-defined]
-            return error
+            return migration_failed(failed[0], f" on {host} (the connection was lost while it ran)")
         if not pending:
             return MigrationFailed(
                 f"the connection to {host} was lost during migrate, after the runner had applied "
@@ -432,20 +427,12 @@ def _explain(failure: BaseException, release: Release) -> BaseException:
 
 
 def _runner_error(failure: _RunnerFailed) -> DeployToolsError:
+    """The runner's failure as the user's error (a lost connection is explained later, by
+    ``_establish_outcome``, once the ledger has been read)."""
     answer = failure.answer
-    data = answer.data or {}
-    failed = data.get("failed")
+    failed = (answer.data or {}).get("failed")
     if failed:
-        error = MigrationFailed(
-            f"migration {migration_label(failed)} failed on {answer.host}: {failed.get('error')}"
-        )
-        error.migration = {"version": failed.get("version"), "name": failed.get("name")}  # type: ignore[attr-defined]
-        return error
-    if answer.connection_lost:
-        return NeedsPerson(
-            f"the connection to {answer.host} was lost while migrations ran; the migration "
-            f"state there is unknown. Check it with `invoke datamig.status`"
-        )
+        return migration_failed(failed, f" on {answer.host}")
     # whatever the runner's own exit code meant, here the deploy was rolled back: exit 1
     return MigrationFailed(str(answer.error("the migration runner")))
 

@@ -85,6 +85,16 @@ def run_runner(
     return RunnerAnswer(transport.target.name, result.exit_code, data, result.stderr)
 
 
+def migration_failed(entry: dict[str, Any], where: str) -> MigrationFailed:
+    """The error for a runner's ``failed`` entry; ``.migration`` (version and name) is what
+    revisions.jsonl records for the failed attempt."""
+    error = MigrationFailed(
+        f"migration {migration_label(entry)} failed{where}: {entry.get('error')}"
+    )
+    error.migration = {"version": entry.get("version"), "name": entry.get("name")}  # type: ignore[attr-defined]
+    return error
+
+
 def migration_label(entry: dict[str, Any] | None) -> str:
     """``202002111319_migrate_flags_to_redis`` for a runner JSON entry."""
     if not entry:

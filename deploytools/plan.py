@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .admin import read_state
 from .config import Settings
-from .hosts import HostGroup, checked
-from .layout import HostState, state_script
+from .hosts import HostGroup
+from .layout import HostState
 from .migrate import run_runner
 from .output import Reporter
 from .release import build_release
@@ -29,12 +30,7 @@ def plan(
     with tempfile.TemporaryDirectory(prefix="deploytools-") as workdir:
         release = build_release(settings.repo, ref, settings.migrations_path, Path(workdir))
     with HostGroup(settings) as group:
-        states: dict[str, HostState] = group.run(
-            "read",
-            lambda t: HostState.parse(
-                checked(t.run_script(state_script(t.target.root)), "read").stdout
-            ),
-        )
+        states: dict[str, HostState] = group.run("read", read_state)
         applied: set[str] = set()
         if release.migrations:
             migration_host = settings.migrate_on.name

@@ -12,7 +12,7 @@ from typing import Any
 from .config import Settings, with_targets
 from .exceptions import MigrationFailed
 from .hosts import HostGroup
-from .migrate import migration_label, run_runner
+from .migrate import migration_failed, migration_label, run_runner
 from .output import Reporter
 
 
@@ -23,10 +23,7 @@ class RunnerResult(dict):
         return dict(self)
 
     def error(self) -> MigrationFailed:
-        failed = self.get("failed") or {}
-        error = MigrationFailed(
-            f"migration {migration_label(failed)} failed: {failed.get('error')}"
-        )
+        error = migration_failed(self.get("failed") or {}, "")
         error.result = self  # type: ignore[attr-defined]
         return error
 
