@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,28 @@ class Fleet:
             timeout=timeout,
             env={**os.environ, "COLUMNS": "200"},
         )
+
+    def start_deploy_until(
+        self, marker: Path, timeout: float = 30, **deploy: Any
+    ) -> subprocess.Popen:
+        """Start ``invoke deploy`` in the background and return once ``marker`` exists (a
+        migration or a slow deploy.python touches it), so a test can strike mid-deploy.
+        The process has its own session: a signal sent to it reaches invoke alone."""
+        self.write_invoke_yaml(**deploy)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "deploy"],
+            cwd=self.repo.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{marker} never appeared: {process.communicate()}")
+            time.sleep(0.01)
+        return process
 
     # -- reading the hosts --------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -315,19 +314,7 @@ def test_interrupted_deploy_leaves_no_lock_and_no_release(fleet, tmp_path):
     else:
         config = {"python": str(slow_python)}
     before = fleet.snapshot()
-    fleet.write_invoke_yaml(**config)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy"],
-        cwd=fleet.repo.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # Ctrl-C reaches invoke only, as in a CI runner cancelling it
-    )
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        assert time.monotonic() < deadline, process.communicate()
-        time.sleep(0.02)
+    process = fleet.start_deploy_until(marker, **config)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1, stderr

@@ -226,18 +226,7 @@ def test_lost_session_during_migrate_switches_every_host_back(app, ssh_cluster):
     _code, report, _ = deploy_cli(app)
     previous = report["release"]
     app.repo.commit({"migrations/202601010000_slow.py": SLOW})
-    app.write_invoke_yaml()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy"],
-        cwd=app.repo.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while not app.facts["marker"].exists():
-        assert time.monotonic() < deadline, process.communicate()
-        time.sleep(0.01)
+    process = app.start_deploy_until(app.facts["marker"])
     migration_host = ssh_cluster.hosts[0]
     assert migration_host.kill_sessions()
     _, stderr = process.communicate(timeout=60)
