@@ -11,9 +11,9 @@ from typing import Any
 
 from .config import Settings
 from .hosts import HostGroup, checked
+from .hosts.transport import Transport
 from .layout import HostState, lock_release_script, setup_script, state_script
 from .revisions import failed_releases, rollback_target
-from .transport import Transport
 
 
 def setup(settings: Settings) -> dict[str, str]:

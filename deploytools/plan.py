@@ -13,11 +13,11 @@ from typing import Any
 
 from .admin import read_state
 from .config import Settings
+from .deploy.build import build_release
 from .hosts import HostGroup
 from .layout import HostState
-from .migrate import run_runner
 from .output import Reporter
-from .release import build_release
+from .runner_client import run_runner
 
 PHASES = ["build", "preflight", "upload", "switch", "migrate", "health", "finish"]
 

@@ -12,8 +12,8 @@ from typing import Any
 from .config import Settings, with_targets
 from .exceptions import MigrationFailed
 from .hosts import HostGroup
-from .migrate import migration_failed, migration_label, run_runner
 from .output import Reporter
+from .runner_client import migration_failed, migration_label, run_runner
 
 
 class RunnerResult(dict):

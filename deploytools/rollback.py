@@ -21,9 +21,9 @@ from .exceptions import (
 from .hosts import HostGroup, checked
 from .layout import HostState, abort_script, lock_state_script, switch_and_unlock_script
 from .lock import LockOwner, deployer, utc_now
-from .migrate import migration_label, run_runner
 from .output import Reporter
 from .revisions import Revision, rollback_target
+from .runner_client import migration_label, run_runner
 
 
 @dataclass

@@ -18,9 +18,9 @@ from servers import free_port
 from deploytools.admin import setup
 from deploytools.config import load_settings
 from deploytools.deploy import deploy
+from deploytools.deploy.build import check_archive
 from deploytools.exceptions import HostError, LockHeld, NeedsPerson, TransportError, UsageError
 from deploytools.lock import LockOwner
-from deploytools.release import check_archive
 from deploytools.rollback import rollback
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")

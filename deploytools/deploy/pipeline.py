@@ -21,16 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .exceptions import (
+from ..config import Settings
+from ..exceptions import (
     DeployToolsError,
     HostError,
     Interrupted,
     MigrationFailed,
     NeedsPerson,
 )
-from .hosts import HostGroup, checked
-from .layout import (
+from ..hosts import HostGroup, checked
+from ..hosts.transport import Transport
+from ..layout import (
     HostState,
     abort_script,
     finish_script,
@@ -41,12 +42,11 @@ from .layout import (
     switch_script,
     unpack_script,
 )
-from .lock import LockOwner, deployer, utc_now
-from .migrate import RunnerAnswer, migration_failed, migration_label, python_argv, run_runner
-from .output import Reporter
-from .release import Release, build_release
-from .revisions import Revision, releases_to_remove, rollback_target
-from .transport import Transport
+from ..lock import LockOwner, deployer, utc_now
+from ..output import Reporter
+from ..revisions import Revision, releases_to_remove, rollback_target
+from ..runner_client import RunnerAnswer, migration_failed, migration_label, python_argv, run_runner
+from .build import Release, build_release
 
 
 @dataclass

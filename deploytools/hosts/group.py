@@ -11,9 +11,9 @@ import concurrent.futures
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from .config import Settings
-from .exceptions import DeployToolsError, HostError, LockHeld, NeedsPerson, UsageError
-from .layout import Code, HostState
+from ..config import Settings
+from ..exceptions import DeployToolsError, HostError, LockHeld, NeedsPerson, UsageError
+from ..layout import Code, HostState
 from .transport import CommandResult, Transport, open_transport
 
 T = TypeVar("T")

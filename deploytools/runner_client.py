@@ -14,8 +14,8 @@ from typing import Any
 
 from .config import Settings, Target
 from .exceptions import DeployToolsError, LockHeld, MigrationFailed, ReleaseNotFound, UsageError
+from .hosts.transport import Transport
 from .layout import Code, datamig_script
-from .transport import Transport
 
 RUNNER_MODULE = "deploytools.datamig"
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .exceptions import ConfigError, UsageError
-from .lock import deployer
+from ..exceptions import ConfigError, UsageError
+from ..lock import deployer
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def build_release(repo: Path, ref: str, migrations_path: str, directory: Path) -
         raise UsageError(f"git archive {ref} failed: {completed.stderr.decode(errors='replace')}")
     unpacked, members = check_archive(archive)
 
-    from .datamig.discovery import check_migration_names
+    from ..datamig.discovery import check_migration_names
 
     migrations = check_migration_names(migration_names(members, migrations_path))
     digest = hashlib.sha256()

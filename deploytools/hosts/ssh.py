@@ -19,8 +19,8 @@ import paramiko
 from fabric import Config, Connection
 from fabric.runners import Remote
 
-from .config import Settings, Target
-from .exceptions import TransportError
+from ..config import Settings, Target
+from ..exceptions import TransportError
 from .transport import CommandResult, Progress
 
 SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
