@@ -1,12 +1,13 @@
-"""The host layout (DESIGN §2) and the remote scripts that change it.
+"""The host layout (DESIGN §2) and the remote scripts that change it, one per phase.
 
-Every phase of a deploy is ONE remote command: a POSIX ``sh`` script made of a fixed library
-of functions (below) followed by calls whose every argument is quoted with ``shlex.quote``.
-Nothing from the config, the release or the user is ever pasted into shell code unquoted.
+Every phase of a deploy is ONE remote command: a POSIX ``sh`` script made of the packaged
+library ``scripts/lib.sh`` followed by calls whose every argument is quoted with
+``shlex.quote``. Nothing from the config, the release or the user is ever pasted into shell
+code unquoted.
 
-A script reports on stdout as ``key<TAB>value`` lines and fails with one of the exit codes
-in ``Code`` (message on stderr). Work a script has done is undone by its own EXIT trap when
-it fails: a lock it took is released, a partial release it unpacked is removed.
+A script reports on stdout as ``key<TAB>value`` lines and fails with one of the exit codes in
+``Code`` (message on stderr). Work a script has done is undone by its own EXIT trap when it
+fails: a lock it took is released, a partial release it unpacked is removed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cache
+from importlib import resources
 
 from .lock import LockOwner
 from .revisions import Revision, parse_revisions
@@ -38,154 +41,19 @@ class Code(IntEnum):
     CHECKSUM = 70
     NO_RELEASE = 71
     UNSAFE = 72
+    LOCK_LOST = 73
+    MISMATCH = 74
+    STILL_RUNNING = 75
+    INSTALL_FAILED = 76
+    HELD_OPEN = 77
+    HOOK_FAILED = 78
+    HEALTH_FAILED = 79
 
 
-LIBRARY = r"""
-set -u
-on_failure=:
-trap 'status=$?; if [ "$status" -ne 0 ]; then eval "$on_failure"; fi; exit "$status"' EXIT
-fail() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
-emit() { printf '%s\t%s\n' "$1" "$2"; }
-undo() { on_failure="$1; $on_failure"; }
-replace_path() {
-  # rename(2) of $1 over $2: atomic; GNU mv -T, else Python's os.replace
-  mv -T -- "$1" "$2" 2>/dev/null ||
-    python3 -c 'import os, sys; os.replace(sys.argv[1], sys.argv[2])' "$1" "$2"
-}
-sha256_of() {
-  if command -v sha256sum >/dev/null 2>&1; then sha256sum -- "$1" | cut -d' ' -f1
-  else python3 -c 'import hashlib, sys
-print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
-  fi
-}
-need_root() {
-  [ -d "$root" ] || fail 64 "the deploy root $root does not exist: run 'invoke setup'"
-  { [ -d "$root/releases" ] && [ -d "$root/shared" ]; } ||
-    fail 64 "$root has no releases/ or shared/: run 'invoke setup'"
-}
-setup_layout() {
-  mkdir -p -- "$root/releases" "$root/shared" || fail 1 "cannot create the layout under $root"
-}
-make_shared_dir() { mkdir -p -- "$root/shared/$1" || fail 1 "cannot create $root/shared/$1"; }
-take_lock() {
-  lock_owner=$1
-  if ! mkdir -- "$root/deploy.lock" 2>/dev/null; then
-    if [ -d "$root/deploy.lock" ]; then
-      emit lock "$(cat -- "$root/deploy.lock/owner.json" 2>/dev/null)"
-      exit 65
-    fi
-    fail 1 "cannot create $root/deploy.lock: $(mkdir -- "$root/deploy.lock" 2>&1)"
-  fi
-  undo release_own_lock
-  printf '%s\n' "$lock_owner" > "$root/deploy.lock/owner.json" ||
-    fail 1 "cannot write $root/deploy.lock/owner.json"
-}
-release_own_lock() {
-  # only the lock this deploy took: owner.json must still be what it wrote
-  if [ -d "$root/deploy.lock" ] &&
-     [ "$(cat -- "$root/deploy.lock/owner.json" 2>/dev/null)" = "$lock_owner" ]; then
-    rm -rf -- "$root/deploy.lock"
-  fi
-}
-release_lock() { lock_owner=$1; release_own_lock; }
-break_lock() {
-  if [ -d "$root/deploy.lock" ]; then
-    emit lock "$(cat -- "$root/deploy.lock/owner.json" 2>/dev/null)"
-    rm -rf -- "$root/deploy.lock" || fail 1 "cannot remove $root/deploy.lock"
-  fi
-}
-show_lock() {
-  if [ -d "$root/deploy.lock" ]; then
-    emit lock "$(cat -- "$root/deploy.lock/owner.json" 2>/dev/null)"
-  fi
-}
-check_absent() {
-  [ ! -e "$root/releases/$1" ] || fail 66 "release $1 already exists in $root/releases"
-}
-check_space() {
-  avail=$(df -Pk -- "$root/releases" 2>/dev/null | awk 'NR == 2 { print $4 }')
-  if [ -n "$avail" ] && [ "$avail" -lt "$1" ]; then
-    fail 67 "only $avail KiB free under $root/releases; the release needs $1 KiB"
-  fi
-}
-check_shared_file() {
-  [ -e "$root/shared/$1" ] ||
-    fail 69 "shared file $root/shared/$1 is missing (deploy.shared_files): create it on the host"
-}
-check_python() {
-  out=$(cd -- "$root" && "$@" -c 'import deploytools.datamig' 2>&1) ||
-    fail 68 "'$*' cannot import deploytools.datamig ($out): install deploytools for deploy.python"
-}
-read_state() {
-  emit root "$(cd -- "$root" && pwd -P)"
-  emit current "$(readlink -- "$root/current" 2>/dev/null)"
-  for dir in "$root"/releases/*; do
-    [ -d "$dir" ] || continue
-    if [ -f "$dir/.release.json" ]; then emit release "${dir##*/}"; fi
-  done
-  if [ -f "$root/revisions.jsonl" ]; then
-    tail -n "$1" -- "$root/revisions.jsonl" | awk '{ print "revision\t" $0 }'
-  fi
-}
-begin_release() {
-  release=$1
-  archive="$root/releases/.partial-$1.tar.gz"
-  partial="$root/releases/.partial-$1"
-}
-discard_partial() { rm -rf -- "$partial" "$archive"; }
-unpack() {
-  undo discard_partial
-  actual=$(sha256_of "$archive") || fail 1 "cannot read the uploaded archive $archive"
-  [ "$actual" = "$1" ] ||
-    fail 70 "the uploaded archive has sha256 $actual, expected $1: the upload was corrupted"
-  rm -rf -- "$partial" && mkdir -- "$partial" || fail 1 "cannot create $partial"
-  tar --no-same-owner -xzf "$archive" -C "$partial" ||
-    fail 1 "unpacking the release into $partial failed"
-}
-write_manifest() {
-  printf '%s\n' "$1" > "$partial/.release.json" || fail 1 "cannot write $partial/.release.json"
-}
-link_shared() {
-  # link_shared PATH LINK_TARGET dir|file : replace PATH in the release by a relative link
-  [ "$3" = dir ] && make_shared_dir "$1"
-  mkdir -p -- "$(dirname -- "$partial/$1")" && rm -rf -- "$partial/$1" &&
-    ln -s -- "$2" "$partial/$1" || fail 1 "cannot link shared/$1 into the release"
-}
-publish() {
-  [ ! -e "$root/releases/$release" ] || fail 66 "release $release already exists in $root/releases"
-  mv -- "$partial" "$root/releases/$release" || fail 1 "cannot rename $partial to releases/$release"
-  rm -f -- "$archive"
-}
-switch_to() {
-  [ -f "$root/releases/$1/.release.json" ] ||
-    fail 71 "release $1 is not on this host (no $root/releases/$1/.release.json)"
-  emit previous "$(readlink -- "$root/current" 2>/dev/null)"
-  tmp="$root/.current.tmp.$$"
-  rm -f -- "$tmp" && ln -s -- "releases/$1" "$tmp" || fail 1 "cannot create a link in $root"
-  replace_path "$tmp" "$root/current" || { rm -f -- "$tmp"; fail 1 "cannot switch $root/current"; }
-}
-unlink_current() {
-  emit previous "$(readlink -- "$root/current" 2>/dev/null)"
-  rm -f -- "$root/current" || fail 1 "cannot remove $root/current"
-}
-log_revision() {
-  printf '%s\n' "$1" >> "$root/revisions.jsonl" || fail 1 "cannot append to $root/revisions.jsonl"
-}
-remove_release() { rm -rf -- "$root/releases/$1" && emit removed "$1"; }
-run_in() {
-  dir=$1; shift
-  [ -d "$root/$dir" ] || fail 71 "$root/$dir does not exist on this host"
-  cd -- "$root/$dir" || fail 1 "cannot enter $root/$dir"
-  exec "$@"
-}
-run_datamig() {
-  # run_datamig DIR ARGV... : the runner in <root>/DIR, with this host's root and shared/.env
-  abs=$(cd -- "$root" && pwd -P) ||
-    fail 64 "the deploy root $root does not exist: run 'invoke setup'"
-  dir=$1; shift
-  run_in "$dir" "$@" --root "$abs" --env-file "$abs/shared/.env"
-}
-"""
+@cache
+def library() -> str:
+    """The shell library every script starts with."""
+    return resources.files("deploytools").joinpath("scripts/lib.sh").read_text()
 
 
 def _root_assignment(root: str) -> str:
@@ -206,12 +74,12 @@ class Script:
     def __init__(self, root: str) -> None:
         self._lines = [_root_assignment(root)]
 
-    def call(self, function: str, *args: str | int) -> Script:
+    def call(self, function: str, *args: str | int | float) -> Script:
         self._lines.append(" ".join([function, *(shlex.quote(str(arg)) for arg in args)]))
         return self
 
     def text(self) -> str:
-        return LIBRARY + "\n".join(self._lines) + "\n"
+        return library() + "\n".join(self._lines) + "\n"
 
 
 def parse_output(stdout: str) -> dict[str, list[str]]:
@@ -233,7 +101,7 @@ def release_id_of_link(link: str | None) -> str | None:
 
 @dataclass
 class HostState:
-    """What a host's layout looks like, as read by ``read_state``."""
+    """What a host's layout looks like, as the scripts report it."""
 
     root: str = ""  # absolute, symlinks resolved
     current: str | None = None
@@ -241,18 +109,44 @@ class HostState:
     revisions: list[Revision] = field(default_factory=list)
     lock: LockOwner | None = None
     locked: bool = False  # deploy.lock exists (even with an unreadable owner.json)
+    runner_pid: int | None = None  # a migration runner recorded in the lock still runs
+    manifest: dict | None = None  # .release.json of the current release
+    venv_python: str | None = None  # version of deploy.venv_python on the host
+    uv: str | None = None  # uv's path on the host, if any
+    wheels: dict[str, str] = field(default_factory=dict)  # wheel directory -> digest
 
     @classmethod
     def parse(cls, stdout: str) -> HostState:
         fields = parse_output(stdout)
+
+        def first(key: str) -> str | None:
+            values = fields.get(key)
+            return values[0] if values else None
+
         lock_values = fields.get("lock", [])
+        manifest = None
+        if first("manifest"):
+            try:
+                manifest = json.loads(first("manifest") or "")
+            except ValueError:
+                manifest = None
+        runner = first("runner")
         return cls(
-            root=(fields.get("root") or [""])[0],
-            current=release_id_of_link((fields.get("current") or [""])[0]),
+            root=first("root") or "",
+            current=release_id_of_link(first("current")),
             releases=sorted(fields.get("release", [])),
             revisions=parse_revisions(fields.get("revision", [])),
-            lock=LockOwner.from_json(lock_values[0]) if lock_values else None,
+            lock=LockOwner.from_json(lock_values[0], first("lock_token") or "")
+            if lock_values
+            else None,
             locked=bool(lock_values),
+            runner_pid=int(runner) if runner and runner.isdigit() else None,
+            manifest=manifest if isinstance(manifest, dict) else None,
+            venv_python=first("venv_python"),
+            uv=first("uv") or None,
+            wheels=dict(
+                value.split("\t", 1) for value in fields.get("wheels", []) if "\t" in value
+            ),
         )
 
 
@@ -267,8 +161,8 @@ def setup_script(root: str, shared_dirs: Iterable[str]) -> str:
 
 
 def lock_state_script(root: str, owner: LockOwner) -> str:
-    """Take the lock and read the layout (the first step of a rollback)."""
-    script = Script(root).call("need_root").call("take_lock", owner.to_json())
+    """Take the lock and read the layout (the first step of a rollback or a datamig.apply)."""
+    script = Script(root).call("need_root").call("take_lock", owner.token, owner.to_json())
     return script.call("read_state", REVISIONS_READ).text()
 
 
@@ -283,6 +177,14 @@ def lock_release_script(root: str) -> str:
     return Script(root).call("break_lock").text()
 
 
+@dataclass(frozen=True)
+class EnvironmentProbe:
+    """What preflight must learn from a host to name the release's environment."""
+
+    venv_python: str
+    wheel_dirs: tuple[str, ...]
+
+
 def preflight_script(
     root: str,
     *,
@@ -290,41 +192,83 @@ def preflight_script(
     release: str,
     need_kb: int,
     shared_files: Iterable[str],
-    python: Sequence[str] | None,
+    probe: EnvironmentProbe | None,
+    take: bool = True,
 ) -> str:
-    """Take the lock, then check the host can take this release; the lock is released again
-    by the script itself if any check fails."""
-    script = Script(root).call("need_root").call("take_lock", owner.to_json())
+    """Take the lock (or, for a dry run, only look at it), then check the host can take this
+    release; the lock is released again by the script itself if any check fails."""
+    script = Script(root).call("need_root")
+    if take:
+        script.call("take_lock", owner.token, owner.to_json())
+    else:
+        script.call("show_lock")
     script.call("check_absent", release).call("check_space", need_kb)
     for path in shared_files:
         script.call("check_shared_file", path)
-    if python:
-        script.call("check_python", *python)
-    return script.call("read_state", REVISIONS_READ).text()
+    if probe is not None:
+        script.call("probe_python", probe.venv_python)
+        for directory in probe.wheel_dirs:
+            script.call("digest_dir", directory)
+    return script.call("read_state", REVISIONS_READ).call("read_manifest").text()
 
 
-def partial_archive_path(absolute_root: str, release: str) -> str:
-    """Where the SFTP upload puts the archive (absolute, as SFTP needs)."""
-    return f"{absolute_root.rstrip('/')}/releases/.partial-{release}.tar.gz"
+def upload_paths(absolute_root: str, release: str) -> tuple[str, str]:
+    """Where the SFTP upload puts the archive and its plan (absolute, as SFTP needs)."""
+    base = f"{absolute_root.rstrip('/')}/releases/.partial-{release}"
+    return base + ".archive", base + ".plan"
 
 
 def unpack_script(
     root: str,
     *,
+    owner: LockOwner,
     release: str,
     sha256: str,
-    manifest: dict,
+    compression: str,
+    plan_sha256: str,
+    previous: str | None,
     shared_files: Iterable[str],
     shared_dirs: Iterable[str],
+    publish: bool,
 ) -> str:
-    """Verify the uploaded archive, unpack it under a temporary name, write the manifest, link
-    shared paths, and rename it into ``releases/<id>``; on failure nothing of it remains."""
-    script = Script(root).call("begin_release", release).call("unpack", sha256)
-    script.call("write_manifest", json.dumps(manifest, separators=(",", ":")))
+    """Unpack the uploaded archive over hard links of ``previous`` (the delta upload), verify
+    every file against the manifest, write ``.release.json`` and ``REVISION``, link shared
+    paths, and (``publish``) rename it into ``releases/<id>``. A file that does not verify
+    fails the script with ``Code.MISMATCH`` naming it; the partial release is then kept for
+    a second upload of those files (``repair_script``)."""
+    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script.call("begin_release", release)
+    script.call("unpack", sha256, compression, plan_sha256, previous or "")
+    return _complete(script, shared_files, shared_dirs, publish)
+
+
+def repair_script(
+    root: str,
+    *,
+    owner: LockOwner,
+    release: str,
+    sha256: str,
+    compression: str,
+    shared_files: Iterable[str],
+    shared_dirs: Iterable[str],
+    publish: bool,
+) -> str:
+    """Unpack a second archive holding the files that did not verify, and verify again."""
+    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script.call("begin_release", release).call("repair", sha256, compression)
+    return _complete(script, shared_files, shared_dirs, publish)
+
+
+def _complete(
+    script: Script, shared_files: Iterable[str], shared_dirs: Iterable[str], publish: bool
+) -> str:
+    script.call("verify_release").call("finish_unpack")
     for kind, paths in (("dir", shared_dirs), ("file", shared_files)):
         for path in paths:
             script.call("link_shared", path, shared_link_target(path), kind)
-    return script.call("publish").text()
+    if publish:
+        script.call("publish")
+    return script.text()
 
 
 def shared_link_target(path: str) -> str:
@@ -334,21 +278,93 @@ def shared_link_target(path: str) -> str:
     return "../" * depth + "shared/" + path
 
 
-def switch_script(root: str, release: str) -> str:
-    return Script(root).call("switch_to", release).text()
+@dataclass(frozen=True)
+class EnvironmentPlan:
+    """The release's environment on one host: ``shared/venvs/<hash>``."""
+
+    hash: str
+    lock_file: str
+    kind: str  # "uv.lock" or "requirements"
+    installer: str  # "uv" or "pip"
+    venv_python: str
+    install_args: tuple[str, ...]
 
 
-def finish_script(root: str, *, owner: LockOwner, revision: Revision, remove: Iterable[str]) -> str:
-    """Log the deploy, clean up old releases, release the lock."""
-    script = Script(root).call("log_revision", revision.to_line())
+def environment_script(root: str, *, owner: LockOwner, release: str, plan: EnvironmentPlan) -> str:
+    """Build (or reuse) the release's environment, link it as ``.venv``, publish the release."""
+    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script.call("begin_release", release)
+    script.call(
+        "build_env",
+        plan.hash,
+        plan.lock_file,
+        plan.kind,
+        plan.installer,
+        plan.venv_python,
+        *plan.install_args,
+    )
+    return script.call("publish").text()
+
+
+def phase_script(root: str, *, owner: LockOwner) -> str:
+    """Record the phase in owner.json (and prove the lock is still ours)."""
+    return Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json()).text()
+
+
+def switch_script(root: str, release: str, owner: LockOwner) -> str:
+    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    return script.call("switch_to", release).text()
+
+
+def hooks_script(
+    root: str, directory: str, name: str, commands: Sequence[str], owner: LockOwner | None
+) -> str:
+    """``commands`` in ``<root>/<directory>`` with the release's environment (a hook)."""
+    script = Script(root).call("need_root")
+    if owner is not None:
+        script.call("hold_lock", owner.token, owner.to_json())
+    return script.call("run_hooks", directory, name, *commands).text()
+
+
+def restart_script(
+    root: str,
+    *,
+    restart: Sequence[str],
+    health: Sequence[str],
+    health_timeout: float,
+    owner: LockOwner | None,
+) -> str:
+    """``restart`` in ``current``, then ``health`` until it passes: one command per host."""
+    script = Script(root).call("need_root")
+    if owner is not None:
+        script.call("hold_lock", owner.token, owner.to_json())
+    if restart:
+        script.call("run_hooks", "current", "restart", *restart)
+    if health:
+        script.call("health_until", max(1, round(health_timeout)), *health)
+    return script.text()
+
+
+def finish_script(
+    root: str,
+    *,
+    owner: LockOwner,
+    revision: Revision,
+    remove: Iterable[str],
+) -> str:
+    """Log the deploy, clean up old releases, unused environments and leftovers, unlock.
+    Safe to run twice (a retry after a lost connection): the log line is appended once."""
+    script = Script(root).call("need_root")
+    script.call("log_revision", revision.to_line())
     for release in remove:
         script.call("remove_release", release)
-    return script.call("release_lock", owner.to_json()).text()
+    script.call("clean_leftovers").call("clean_envs")
+    return script.call("release_lock", owner.token).text()
 
 
 def abort_script(root: str, *, owner: LockOwner | None, discard: str | None) -> str:
-    """Undo a deploy that failed before the switch: drop the partial release ``discard`` and
-    release our lock. ``current`` is not touched."""
+    """Undo a deploy that failed before the switch: drop the partial (or complete, never
+    switched to) release ``discard`` and release our lock. ``current`` is not touched."""
     script = Script(root)
     if discard:
         # releases/<id> was checked absent under our lock, so it is ours to remove
@@ -356,8 +372,26 @@ def abort_script(root: str, *, owner: LockOwner | None, discard: str | None) -> 
             "remove_release", discard
         )
     if owner is not None:
-        script.call("release_lock", owner.to_json())
+        script.call("release_lock", owner.token)
     return script.text()
+
+
+def switch_back_script(root: str, *, target: str | None) -> str:
+    """Put ``current`` back on ``target`` (remove it when there was none before)."""
+    script = Script(root)
+    if target:
+        script.call("switch_to", target)
+    else:
+        script.call("unlink_current")
+    return script.text()
+
+
+def log_and_unlock_script(root: str, *, revision: Revision | None, owner: LockOwner) -> str:
+    """Log ``revision`` (once), clean up leftovers, release our lock."""
+    script = Script(root)
+    if revision is not None:
+        script.call("log_revision", revision.to_line())
+    return script.call("clean_leftovers").call("release_lock", owner.token).text()
 
 
 def switch_and_unlock_script(
@@ -372,20 +406,38 @@ def switch_and_unlock_script(
         script.call("unlink_current")
     script.call("log_revision", revision.to_line())
     if owner is not None:
-        script.call("release_lock", owner.to_json())
+        script.call("release_lock", owner.token)
     return script.text()
 
 
-def run_in_script(root: str, directory: str, argv: Sequence[str]) -> str:
-    """Run ``argv`` inside ``<root>/<directory>`` (a release, or ``current``)."""
-    return Script(root).call("run_in", directory, *argv).text()
+def take_over_script(root: str, *, old: LockOwner | None, owner: LockOwner) -> str:
+    """Recovery: stop a runner the dead owner left, then make its lock ours."""
+    script = Script(root).call("need_root")
+    script.call("take_over_lock", old.token if old else "", owner.token, owner.to_json())
+    return script.call("stop_runner", 10).call("read_state", REVISIONS_READ).text()
 
 
-def datamig_script(root: str, directory: str, argv: Sequence[str]) -> str:
-    """The migration runner ``argv`` inside ``<root>/<directory>``, given ``--root`` (absolute)
-    and ``--env-file <root>/shared/.env``."""
-    return Script(root).call("run_datamig", directory, *argv).text()
+def datamig_script(
+    root: str,
+    directory: str,
+    python: Sequence[str],
+    argv: Sequence[str],
+    *,
+    owner: LockOwner | None = None,
+) -> str:
+    """The migration runner (``python`` + ``argv``) inside ``<root>/<directory>``, given
+    ``--root`` (absolute) and ``--env-file <root>/shared/.env``. Under a deploy (``owner``),
+    the lock must still be ours and the runner's pid is recorded in it."""
+    script = Script(root).call("need_root")
+    if owner is not None:
+        script.call("hold_lock", owner.token, owner.to_json())
+    script.call("run_datamig", directory, "yes" if owner else "no", len(python), *python, *argv)
+    return script.text()
 
 
-def health_script(root: str, command: str) -> str:
-    return run_in_script(root, "current", ["sh", "-c", command])
+def stop_runner_script(root: str, grace: float) -> str:
+    return Script(root).call("need_root").call("stop_runner", max(1, round(grace))).text()
+
+
+def wait_runner_script(root: str, seconds: float | None) -> str:
+    return Script(root).call("need_root").call("wait_runner", round(seconds or 0)).text()

@@ -1,7 +1,10 @@
-"""What people and CI see: phases, upload progress, result tables, or one JSON object.
+"""What people and CI see: phases, live output from the hosts, upload progress, result tables,
+or one JSON object.
 
-Human output uses rich (colours only on a terminal, NO_COLOR respected). With ``--json``
-stdout carries exactly one JSON object and nothing else; notes go to stderr.
+Human output uses rich (colours only on a terminal, NO_COLOR respected). Lines from the hosts
+(migration logs and progress, hook and installer output) are printed as they arrive, each
+prefixed with its host, on a terminal and in a CI log alike. With ``--json`` stdout carries
+exactly one JSON object and nothing else; everything else goes to stderr.
 """
 
 from __future__ import annotations
@@ -47,10 +50,13 @@ class Reporter:
     def warn(self, message: str) -> None:
         self.errors.print(f"[yellow]warning:[/] {escape(redact(message))}")
 
+    def stream(self, host: str, line: str) -> None:
+        """One line of a host's live output (thread-safe: rich's console holds a lock)."""
+        console = self.errors if self.json_mode else self.console
+        console.print(f"[dim]{escape(host)} |[/] {escape(redact(line.rstrip()))}")
+
     @contextlib.contextmanager
-    def upload(
-        self, hosts: list[str], total: int
-    ) -> Iterator[Callable[[str], Callable[[int, int], None]]]:
+    def upload(self, hosts: list[str]) -> Iterator[Callable[[str], Callable[[int, int], None]]]:
         """Yields ``for_host(name) -> callback(sent, total)`` driving one bar per host."""
         if self.json_mode or not self.console.is_terminal:
             yield lambda host: lambda sent, size: None
@@ -63,10 +69,10 @@ class Reporter:
             console=self.console,
             transient=False,
         ) as progress:
-            tasks = {host: progress.add_task(escape(host), total=total) for host in hosts}
+            tasks = {host: progress.add_task(escape(host), total=None) for host in hosts}
 
             def for_host(host: str) -> Callable[[int, int], None]:
-                return lambda sent, size: progress.update(tasks[host], completed=sent)
+                return lambda sent, size: progress.update(tasks[host], completed=sent, total=size)
 
             yield for_host
 
@@ -77,10 +83,18 @@ class Reporter:
         sys.stdout.write(redact(json.dumps(data, indent=2, default=str)) + "\n")
         sys.stdout.flush()
 
-    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
-        table = Table(title=title, title_justify="left", header_style="bold")
+    def table(
+        self, title: str, columns: list[str], rows: list[list[Any]], caption: str | None = None
+    ) -> None:
+        table = Table(
+            title=title.strip(),
+            title_justify="left",
+            header_style="bold",
+            caption=caption,
+            caption_justify="left",
+        )
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*("" if cell is None else escape(redact(str(cell))) for cell in row))
         self.console.print(table)

@@ -1,8 +1,10 @@
 """``invoke deploy --dry-run``: what a deploy would do, found without changing anything.
 
-The release is built locally (to know its id and migration files); every host's layout is
-read (no lock is taken); the migration host's ledger is read with the runner's read-only
-``status``. Pending migrations are the build's files whose version the ledger has not applied.
+It runs the build (the release id, its files and migrations, the same checks), the preflight
+of every host without taking the lock (a held lock, a missing shared file, a root that is not
+set up, no room: the same errors and exit codes as the deploy), and reads the migration
+host's ledger with the runner's read-only ``status`` (pending migrations, warnings, the ledger
+identity the check step would compare). Nothing is uploaded, locked or written.
 """
 
 from __future__ import annotations
@@ -11,51 +13,106 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .admin import read_state
 from .config import Settings
-from .deploy.build import build_release
-from .hosts import HostGroup
-from .layout import HostState
+from .deploy import environment
+from .deploy.build import build_release, uncommitted_changes
+from .deploy.migrate import check_ledger_identity
+from .exceptions import LockHeld
+from .hosts import HostGroup, checked
+from .layout import EnvironmentProbe, HostState, preflight_script
+from .lock import LockOwner
 from .output import Reporter
-from .runner_client import run_runner
+from .runner_client import CheckReport, Runner
 
-PHASES = ["build", "preflight", "upload", "switch", "migrate", "health", "finish"]
+PHASES = [
+    "build",
+    "preflight",
+    "upload",
+    "environment",
+    "check",
+    "before_switch",
+    "switch",
+    "migrate",
+    "restart",
+    "finish",
+]
 
 
 def plan(
-    settings: Settings, *, ref: str = "HEAD", reporter: Reporter | None = None
+    settings: Settings,
+    *,
+    ref: str = "HEAD",
+    reporter: Reporter | None = None,
+    new_ledger: bool = False,
 ) -> dict[str, Any]:
-    """The deploy plan as a dict (printed as a table, or as JSON with --json)."""
+    """The deploy plan as a dict (printed as a table, or as JSON with --json). Raises what
+    the deploy would raise before changing anything."""
     reporter = reporter or Reporter()
+    hosts = list(settings.targets)
+    if settings.migrate_on not in hosts:
+        hosts.insert(0, settings.migrate_on)
     with tempfile.TemporaryDirectory(prefix="deploytools-") as workdir:
-        release = build_release(settings.repo, ref, settings.migrations_path, Path(workdir))
-    with HostGroup(settings) as group:
-        states: dict[str, HostState] = group.run("read", read_state)
-        applied: set[str] = set()
-        if release.migrations:
-            migration_host = settings.migrate_on.name
-            has_current = states[migration_host].current is not None
-            answer = run_runner(
-                group.transports[migration_host],
-                settings,
-                # without a current release, read the ledger alone: a folder with no files
-                directory="current" if has_current else ".",
-                command="status",
-                args=[] if has_current else ["--path", "releases/.no-migrations"],
+        release = build_release(
+            settings.repo,
+            ref,
+            settings.migrations_path,
+            Path(workdir),
+            build=settings.build,
+            migrations_path_explicit=settings.migrations_path_explicit,
+            requirements=settings.requirements,
+            venv=settings.venv,
+            on_line=lambda line: reporter.stream("build", line),
+        )
+        owner = LockOwner.mine(release.id)
+        probe = None
+        if release.lock_file:
+            probe = EnvironmentProbe(
+                settings.venv_python, environment.wheel_dirs(settings.install_args)
             )
-            if answer.exit_code != 0 or answer.data is None:
-                raise answer.error("reading the migration ledger")
-            applied = {
-                m["version"]
-                for m in answer.data.get("migrations", [])
-                if m.get("state") in ("applied", "changed", "missing")
-            }
+        with HostGroup(settings, hosts) as group:
+            states: dict[str, HostState] = group.run(
+                "preflight",
+                lambda t: HostState.parse(
+                    checked(
+                        t.run_script(
+                            preflight_script(
+                                t.target.root,
+                                owner=owner,
+                                release=release.id,
+                                need_kb=release.need_kb,
+                                shared_files=settings.shared_files,
+                                probe=probe,
+                                take=False,
+                            )
+                        ),
+                        "preflight",
+                    ).stdout
+                ),
+            )
+            _refuse_held_locks(states, reporter)
+            ledger = None
+            if release.migrations:
+                ledger = _read_ledger(settings, group, states, release.migrations, new_ledger)
+    warnings = list(ledger.warnings) if ledger else []
+    dirty = uncommitted_changes(settings.repo) if ref == "HEAD" else []
+    if dirty:
+        warnings.append(f"uncommitted changes are NOT in the release: {', '.join(dirty[:5])}")
+    if settings.limited:
+        left_out = [t.name for t in settings.fleet if t not in settings.targets]
+        warnings.append(
+            f"only {', '.join(t.name for t in settings.targets)} would switch: "
+            f"{', '.join(left_out)} stay on their release (the fleet is split until they "
+            "are deployed too)"
+        )
     phases = [
         phase
         for phase in PHASES
-        if (phase != "migrate" or release.migrations) and (phase != "health" or settings.health_cmd)
+        if (phase not in ("check", "migrate") or release.migrations)
+        and (phase != "environment" or release.lock_file)
+        and (phase != "before_switch" or settings.before_switch)
+        and (phase != "restart" or any(t.restart or t.health for t in settings.targets))
     ]
-    pending = [stem for stem in release.migrations if stem.split("_", 1)[0] not in applied]
+    pending = [f"{m['version']}_{m['name']}" for m in (ledger.pending if ledger else [])]
     the_plan = {
         "release": release.id,
         "sha": release.sha,
@@ -63,12 +120,16 @@ def plan(
         "phases": phases,
         "migrate_on": settings.migrate_on.name if release.migrations else None,
         "pending_migrations": pending,
+        "ledger": ledger.ledger if ledger else None,
+        "ledger_id": ledger.ledger_id if ledger else None,
+        "warnings": warnings,
         "hosts": [
             {
                 "host": name,
                 "root": state.root,
                 "current": state.current,
                 "locked": state.locked,
+                "switches": any(t.name == name for t in settings.targets),
                 "keep_releases": settings.keep_releases,
             }
             for name, state in states.items()
@@ -79,12 +140,76 @@ def plan(
         reporter.note("phases: " + " → ".join(phases))
         reporter.table(
             "hosts",
-            ["host", "root", "current", "lock"],
+            ["host", "root", "current release", "lock", "switches"],
             [
-                [h["host"], h["root"], h["current"], "HELD" if h["locked"] else "free"]
+                [
+                    h["host"],
+                    h["root"],
+                    h["current"] or "(none)",
+                    "HELD" if h["locked"] else "free",
+                    "yes" if h["switches"] else "no (runs migrations only)",
+                ]
                 for h in the_plan["hosts"]
             ],
         )
         reporter.note("pending migrations: " + (", ".join(pending) if pending else "none"))
+        for warning in warnings:
+            reporter.warn(warning)
         reporter.note("nothing was changed")
     return the_plan
+
+
+def _refuse_held_locks(states: dict[str, HostState], reporter: Reporter) -> None:
+    """A held lock stops a deploy with exit 3, unless its owner died on this machine (the
+    deploy would recover first)."""
+    for name, state in states.items():
+        if not state.locked:
+            continue
+        owner = state.lock
+        if owner is not None and owner.alive() is False:
+            reporter.warn(
+                f"{name}: the lock of a dead deploy ({owner.describe()}) would be recovered first"
+            )
+            continue
+        holder = owner.describe() if owner else "an unknown owner (no owner.json)"
+        raise LockHeld(f"the deploy lock on {name} is held by {holder}; a deploy would exit 3")
+
+
+def _read_ledger(
+    settings: Settings,
+    group: HostGroup,
+    states: dict[str, HostState],
+    migrations: tuple[str, ...],
+    new_ledger: bool,
+) -> CheckReport:
+    """The migration host's ledger (read-only), and what of ``migrations`` it lacks."""
+    host = settings.migrate_on.name
+    has_current = states[host].current is not None
+    runner = Runner(group.transports[host], settings)
+    # without a current release, read the ledger alone: a folder with no files
+    answer = runner.call(
+        "status",
+        "current" if has_current else ".",
+        [] if has_current else ["--path", "releases/.no-migrations"],
+    )
+    if answer.data is None or answer.exit_code != 0:
+        raise answer.error("reading the migration ledger")
+    data = answer.data
+    applied = {
+        m["version"]
+        for m in data.get("migrations", [])
+        if m.get("state") in ("applied", "changed", "missing")
+    }
+    pending = [
+        {"version": stem.split("_", 1)[0], "name": stem.split("_", 1)[1]}
+        for stem in migrations
+        if stem.split("_", 1)[0] not in applied
+    ]
+    report = CheckReport(
+        ledger=str(data.get("ledger") or ""),
+        ledger_id=data.get("ledger_id"),
+        pending=pending,
+        warnings=[str(w) for w in data.get("warnings") or []],
+    )
+    check_ledger_identity(report, list(states.values()), new_ledger=new_ledger, host=host)
+    return report

@@ -1,8 +1,9 @@
 """``revisions.jsonl``: the per-host log of deploys and rollbacks, and what it decides.
 
-The order of releases comes from this log, never from directory times: the rollback target
-is the newest release with a succeeded deploy, older than ``current``, that exists on every
-host; cleanup removes the releases deployed longest ago. Pure functions, no I/O.
+The order of releases comes from this log, never from directory times. The rollback target
+follows history (DESIGN §2): the release that was live before ``current`` became live,
+following rollbacks, skipping releases that failed, were interrupted or were rolled back from,
+and present on every host. Cleanup removes the releases deployed longest ago. Pure functions.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ class Revision:
     status: Status
     error: str | None = None
     migration: dict[str, Any] | None = None
+    ledger: str | None = None  # the ledger id a succeeded deploy's migrations used
+    stayed_applied: list[str] | None = None  # migrations committed by a failed deploy
 
     def to_line(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=False)
+        record = asdict(self)
+        for extra in ("ledger", "stayed_applied"):
+            if record[extra] is None:
+                del record[extra]
+        return json.dumps(record, separators=(",", ":"), sort_keys=False)
 
     @classmethod
     def from_line(cls, line: str) -> Revision | None:
@@ -52,6 +59,8 @@ class Revision:
                 status=data.get("status", "failed"),
                 error=data.get("error"),
                 migration=data.get("migration"),
+                ledger=data.get("ledger"),
+                stayed_applied=data.get("stayed_applied"),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -84,15 +93,40 @@ def failed_releases(revisions: Iterable[Revision]) -> set[str]:
 def rollback_target(
     revisions: Iterable[Revision], current: str | None, existing: Iterable[str]
 ) -> str | None:
-    """The newest succeeded release older than ``current`` among ``existing`` (the releases
-    present on every host), or None when there is nothing to go back to."""
-    order = succeeded_releases(revisions)
+    """The release that was live before ``current`` became live, following rollbacks:
+    every succeeded deploy or rollback starts a live episode; an episode that a rollback
+    ended, a failed (or interrupted) release and ``current`` itself are skipped, and the
+    release must be among ``existing`` (present on every host). None: nothing to go back to.
+
+    Deploy A, deploy B, roll back to A, deploy C: the target is A (B was rolled back from).
+    """
+    revisions = list(revisions)
+    episodes = [rev for rev in revisions if rev.status == "succeeded" and rev.release is not None]
+    failed = failed_releases(revisions)
     present = set(existing)
-    older = order[: order.index(current)] if current in order else order
-    for release in reversed(older):
-        if release != current and release in present:
+    last = max((i for i, rev in enumerate(episodes) if rev.release == current), default=None)
+    earlier = range(last - 1 if last is not None else len(episodes) - 1, -1, -1)
+    for index in earlier:
+        release = episodes[index].release
+        ended_by_rollback = episodes[index + 1].action == "rollback"
+        if (
+            release != current
+            and not ended_by_rollback
+            and release not in failed
+            and release in present
+        ):
             return release
     return None
+
+
+def last_ledger_id(revisions: Iterable[Revision]) -> str | None:
+    """The ledger the newest succeeded deploy with migrations recorded (DESIGN §4)."""
+    with_ledger = [
+        rev
+        for rev in revisions
+        if rev.action == "deploy" and rev.status == "succeeded" and rev.ledger
+    ]
+    return max(with_ledger, key=lambda rev: rev.at).ledger if with_ledger else None
 
 
 def deploy_order(revisions: Iterable[Revision], existing: Iterable[str]) -> list[str]:

@@ -2,23 +2,30 @@
 
 A thin shell: each task reads flags and invoke's config, calls one ``deploytools`` function,
 renders its answer, and maps a DeployToolsError to its exit code here, in ``_command``.
+Tasks have no short flags: ``-h`` stays invoke's help, and no letter means two things.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, task
 
-from .config import DEFAULTS, Settings, load_settings
+from .config import Settings, invoke_defaults, load_settings
 from .exceptions import DeployToolsError
 from .output import Reporter
 
-HOSTS_HELP = "comma-separated hosts overriding deploy.hosts (e.g. deploy@web1,deploy@web2)"
+HOSTS_HELP = "comma-separated host names from deploy.hosts (or the inventory) to act on"
+LIMIT_HELP = "a pattern of hosts and roles (with an inventory: Ansible's patterns)"
+STAGE_HELP = "the stage (deploy.stages) to use; also INVOKE_DEPLOY_STAGE"
 JSON_HELP = "print one JSON object on stdout and nothing else there"
+FLEET_HELP = {"hosts": HOSTS_HELP, "limit": LIMIT_HELP, "stage": STAGE_HELP}
 
 
 def _command(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,41 +36,46 @@ def _command(function: Callable[..., Any]) -> Callable[..., Any]:
         json_mode = bool(kwargs.get("json"))
         reporter = Reporter(json_mode=json_mode)
         try:
-            settings = load_settings(c.config, kwargs.get("hosts"))
+            settings = load_settings(
+                c.config,
+                hosts=kwargs.get("hosts"),
+                limit=kwargs.get("limit"),
+                stage=kwargs.get("stage"),
+            )
             function(c, settings, reporter, *args, **kwargs)
         except DeployToolsError as error:
             result = getattr(error, "result", None)
             if not json_mode and getattr(result, "hosts", None):
-                _hosts_table(reporter, f"{result.release}: {result.status}", result.hosts)
+                status = str(getattr(result, "status", "failed")).replace("_", " ")
+                _hosts_table(reporter, f"{result.release}: {status}", result.hosts)
             reporter.error(str(error))
             if json_mode:
-                if result is not None:
+                if result is not None and hasattr(result, "to_json"):
                     reporter.emit_json(result.to_json())
                 else:
                     reporter.emit_json({"status": "failed", "error": str(error)})
             raise Exit(code=error.exit_code) from None
 
     # invoke reads the task's signature: hide the two injected parameters from it
-    wrapper.__signature__ = _without_injected(function)  # type: ignore[attr-defined]
+    signature = inspect.signature(function)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[
+            p for p in signature.parameters.values() if p.name not in ("settings", "reporter")
+        ]
+    )
     return wrapper
 
 
-def _without_injected(function: Callable[..., Any]):
-    import inspect
-
-    signature = inspect.signature(function)
-    parameters = [
-        p for p in signature.parameters.values() if p.name not in ("settings", "reporter")
-    ]
-    return signature.replace(parameters=parameters)
+def _task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    return task(auto_shortflags=False, **options)
 
 
 # -- deploys ------------------------------------------------------------------------------------
 
 
-@task(help={"hosts": HOSTS_HELP})
+@_task(help=FLEET_HELP)
 @_command
-def setup(c, settings: Settings, reporter: Reporter, hosts=None):
+def setup(c, settings: Settings, reporter: Reporter, hosts=None, limit=None, stage=None):
     """Create the host layout (releases/, shared/; parents of the root included)."""
     from .admin import setup as setup_hosts
 
@@ -71,28 +83,44 @@ def setup(c, settings: Settings, reporter: Reporter, hosts=None):
     reporter.table("setup", ["host", "root"], [[name, root] for name, root in roots.items()])
 
 
-@task(
+@_task(
     help={
         "ref": "the git commit, branch or tag to release (default HEAD)",
-        "dry-run": "print the plan (hosts, release id, phases, pending migrations); change nothing",
+        "dry-run": "build, check every host and the ledger, print the plan; change nothing",
+        "new-ledger": "accept a migration ledger other than the one the last deploy used",
         "json": JSON_HELP,
-        "hosts": HOSTS_HELP,
+        **FLEET_HELP,
     }
 )
 @_command
 def deploy(
-    c, settings: Settings, reporter: Reporter, ref="HEAD", dry_run=False, json=False, hosts=None
+    c,
+    settings: Settings,
+    reporter: Reporter,
+    ref="HEAD",
+    dry_run=False,
+    new_ledger=False,
+    json=False,
+    hosts=None,
+    limit=None,
+    stage=None,
 ):
-    """Build, upload, switch `current`, run pending data migrations; roll back on failure."""
+    """Build, upload, switch `current`, migrate, restart; undo everything on failure."""
     from .deploy import deploy as deploy_release
     from .plan import plan
 
     if dry_run:
-        the_plan = plan(settings, ref=ref, reporter=reporter)
+        the_plan = plan(settings, ref=ref, reporter=reporter, new_ledger=new_ledger)
         if json:
             reporter.emit_json(the_plan)
         return
-    result = deploy_release(settings, ref=ref, reporter=reporter)
+    if settings.limited:
+        left_out = [t.name for t in settings.fleet if t not in settings.targets]
+        reporter.warn(
+            f"only {', '.join(t.name for t in settings.targets)} will switch; "
+            f"{', '.join(left_out)} keep their release until deployed too"
+        )
+    result = deploy_release(settings, ref=ref, reporter=reporter, new_ledger=new_ledger)
     if json:
         reporter.emit_json(result.to_json())
         return
@@ -102,17 +130,20 @@ def deploy(
 def _hosts_table(reporter: Reporter, title: str, hosts: list[dict[str, Any]]) -> None:
     reporter.table(
         title,
-        ["host", "current", "commands", "connections"],
-        [[h["host"], h["current"], h["commands"], h["connections"]] for h in hosts],
+        ["host", "current release", "remote commands", "connections"],
+        [
+            [h["host"], h.get("current") or "(none)", h.get("commands"), h.get("connections")]
+            for h in hosts
+        ],
     )
 
 
-@task(
+@_task(
     help={
         "to": "the release id to switch to (default: the rollback target)",
         "revert-migrations": "first revert the migrations the rolled-back release applied",
         "json": JSON_HELP,
-        "hosts": HOSTS_HELP,
+        **FLEET_HELP,
     }
 )
 @_command
@@ -124,8 +155,10 @@ def rollback(
     revert_migrations=False,
     json=False,
     hosts=None,
+    limit=None,
+    stage=None,
 ):
-    """Switch every host back to the previous release (or --to ID)."""
+    """Switch every host back to the previous release (or --to ID), then restart it."""
     from .rollback import rollback as rollback_hosts
 
     result = rollback_hosts(
@@ -137,12 +170,33 @@ def rollback(
     if json:
         reporter.emit_json(result.to_json())
     else:
-        reporter.note(f"rolled back from {result.previous} to {result.release} on every host")
+        count = len(result.hosts)
+        reporter.note(
+            f"rolled back from {result.previous} to {result.release} on "
+            f"{count} host{'' if count == 1 else 's'}"
+        )
 
 
-@task(help={"json": JSON_HELP, "hosts": HOSTS_HELP})
+@_task(help={"json": JSON_HELP, **FLEET_HELP})
 @_command
-def releases(c, settings: Settings, reporter: Reporter, json=False, hosts=None):
+def restart(
+    c, settings: Settings, reporter: Reporter, json=False, hosts=None, limit=None, stage=None
+):
+    """Run deploy.restart and deploy.health on every host, in batches, without deploying."""
+    from .admin import restart as restart_hosts
+
+    answer = restart_hosts(settings, reporter)
+    if json:
+        reporter.emit_json({"status": "succeeded", **answer})
+    elif answer["restarted"]:
+        reporter.note(f"restarted {', '.join(answer['restarted'])}")
+
+
+@_task(help={"json": JSON_HELP, **FLEET_HELP})
+@_command
+def releases(
+    c, settings: Settings, reporter: Reporter, json=False, hosts=None, limit=None, stage=None
+):
     """List the releases on every host, marking current, failed and the rollback target."""
     from .admin import releases as list_releases
 
@@ -174,39 +228,63 @@ def releases(c, settings: Settings, reporter: Reporter, json=False, hosts=None):
                 if on
             ]
             rows.append([host, item.id, ", ".join(marks)])
-    reporter.table("releases", ["host", "release", ""], rows)
+    reporter.table(
+        "releases",
+        ["host", "release", "marks"],
+        rows,
+        caption="rollback target: where `invoke rollback` goes; failed: a deploy that was undone",
+    )
 
 
 # -- locks --------------------------------------------------------------------------------------
 
 
-@task(name="status", help={"json": JSON_HELP, "hosts": HOSTS_HELP})
+@_task(name="status", help={"json": JSON_HELP, **FLEET_HELP})
 @_command
-def lock_status(c, settings: Settings, reporter: Reporter, json=False, hosts=None):
-    """Show who holds the deploy lock on each host."""
+def lock_status(
+    c, settings: Settings, reporter: Reporter, json=False, hosts=None, limit=None, stage=None
+):
+    """Show who holds the deploy lock on each host, and whether that process still runs."""
     from .admin import lock_status as read_locks
-    from .lock import LockOwner
 
     locks = read_locks(settings)
     if json:
         reporter.emit_json({"hosts": [{"host": h, "lock": owner} for h, owner in locks.items()]})
         return
     rows = []
-    for host, owner in locks.items():
-        if owner is None:
-            rows.append([host, "free"])
-        else:
-            rows.append([host, LockOwner(**owner).describe() if owner else "held (no owner.json)"])
-    reporter.table("deploy locks", ["host", "lock"], rows)
+    for host, record in locks.items():
+        if record is None:
+            rows.append([host, "free", ""])
+            continue
+        if not record.get("user"):
+            rows.append([host, "held (no owner.json)", ""])
+            continue
+        from .lock import LockOwner
+
+        fields = {k: record[k] for k in LockOwner.__dataclass_fields__ if k in record}
+        owner = LockOwner(**fields)
+        runner = (
+            f"; migration runner pid {record['runner_pid']} running"
+            if record.get("runner_pid")
+            else ""
+        )
+        rows.append([host, owner.describe(), record.get("alive", "unknown") + runner])
+    reporter.table(
+        "deploy locks",
+        ["host", "lock", "owner process"],
+        rows,
+        caption="a dead owner's lock is recovered by the next deploy from its machine, or by "
+        "`invoke lock.release`",
+    )
 
 
-@task(name="release", help={"hosts": HOSTS_HELP})
+@_task(name="release", help=FLEET_HELP)
 @_command
-def lock_release(c, settings: Settings, reporter: Reporter, hosts=None):
-    """Remove the deploy lock on every host, without a prompt (only if no deploy is running)."""
+def lock_release(c, settings: Settings, reporter: Reporter, hosts=None, limit=None, stage=None):
+    """Recover from the deploy holding the lock, then remove the lock on every host."""
     from .admin import lock_release as break_locks
 
-    removed = break_locks(settings)
+    removed = break_locks(settings, reporter)
     for host, owner in removed.items():
         reporter.note(f"{host}: {'removed the lock' if owner is not None else 'was not locked'}")
 
@@ -214,17 +292,26 @@ def lock_release(c, settings: Settings, reporter: Reporter, hosts=None):
 # -- data migrations ----------------------------------------------------------------------------
 
 
-@task(
+@_task(
     name="status",
     help={
         "release": "read the migrations of releases/<ID> instead of current",
         "json": JSON_HELP,
-        "hosts": HOSTS_HELP,
+        **FLEET_HELP,
     },
 )
 @_command
-def datamig_status(c, settings: Settings, reporter: Reporter, release=None, json=False, hosts=None):
-    """Show applied, pending, failed, changed and missing migrations (on the migration host)."""
+def datamig_status(
+    c,
+    settings: Settings,
+    reporter: Reporter,
+    release=None,
+    json=False,
+    hosts=None,
+    limit=None,
+    stage=None,
+):
+    """Show applied, pending, failed, running and changed migrations (on the migration host)."""
     from .remote_datamig import remote_status, render_status
 
     answer = remote_status(settings, release=release)
@@ -234,13 +321,15 @@ def datamig_status(c, settings: Settings, reporter: Reporter, release=None, json
         render_status(answer, settings.migrate_on.name)
 
 
-@task(name="apply", help={"json": JSON_HELP, "hosts": HOSTS_HELP})
+@_task(name="apply", help={"json": JSON_HELP, **FLEET_HELP})
 @_command
-def datamig_apply(c, settings: Settings, reporter: Reporter, json=False, hosts=None):
+def datamig_apply(
+    c, settings: Settings, reporter: Reporter, json=False, hosts=None, limit=None, stage=None
+):
     """Apply pending migrations of `current` on the migration host (no deploy)."""
     from .remote_datamig import remote_apply, render_apply
 
-    answer = remote_apply(settings)
+    answer = remote_apply(settings, reporter)
     if not json:
         render_apply(answer, reporter)
     if answer.get("failed"):
@@ -249,7 +338,7 @@ def datamig_apply(c, settings: Settings, reporter: Reporter, json=False, hosts=N
         reporter.emit_json(answer)
 
 
-@task(name="new", help={"name": "snake_case name of the migration"})
+@_task(name="new", help={"name": "snake_case name of the migration"})
 @_command
 def datamig_new(c, settings: Settings, reporter: Reporter, name):
     """Create migrations/<UTC now>_<name>.py from the template."""
@@ -258,6 +347,29 @@ def datamig_new(c, settings: Settings, reporter: Reporter, name):
     path = new_migration(Path(settings.repo) / settings.migrations_path, name)
     reporter.note(f"created {path}")
 
+
+# -- invoke's own configuration errors ----------------------------------------------------------
+
+
+def _configuration_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """invoke reads invoke.yaml and INVOKE_* variables before any task runs, and a bad file
+    ends in a traceback there. Show it as the configuration error it is (exit 2)."""
+
+    def excepthook(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+        names = {cls.__name__ for cls in kind.__mro__}
+        if names & {"YAMLError", "UncastableEnvVar", "AmbiguousEnvVar", "AmbiguousMergeError"}:
+            what = {
+                "AmbiguousMergeError": "a key holds the wrong kind of value (e.g. `deploy:` as a "
+                "list; it must be a mapping)",
+            }.get(kind.__name__, str(error))
+            print(f"error: invalid invoke configuration: {what}", file=sys.stderr, flush=True)
+            os._exit(2)
+        previous(kind, error, traceback)
+
+    return excepthook
+
+
+sys.excepthook = _configuration_errors(sys.excepthook)
 
 lock = Collection("lock")
 lock.add_task(lock_status, "status")
@@ -268,5 +380,5 @@ datamig.add_task(datamig_status, "status")
 datamig.add_task(datamig_apply, "apply")
 datamig.add_task(datamig_new, "new")
 
-ns = Collection(setup, deploy, rollback, releases, lock, datamig)
-ns.configure({key: dict(value) for key, value in DEFAULTS.items()})
+ns = Collection(setup, deploy, rollback, restart, releases, lock, datamig)
+ns.configure(invoke_defaults())

@@ -89,8 +89,9 @@ def test_held_lock_exits_3_names_the_owner_and_stays(fleet):
     locks = {h["host"]: h["lock"] for h in json.loads(status.stdout)["hosts"]}
     assert locks[held]["user"] == "alice" and locks[held]["pid"] == 4242
     assert all(locks[h] is None for h in fleet.names if h != held)
+    assert locks[held]["alive"] == "unknown"  # recorded without this machine's id
     table = fleet.invoke("lock.status")
-    assert "alice@alices-laptop (pid 4242)" in table.stdout
+    assert "alice@alices-laptop (pid 4242, on another machine" in table.stdout
 
     released = fleet.invoke("lock.release")  # no prompt: stdin is not even a terminal
     assert released.returncode == 0, released.stderr

@@ -1,68 +1,60 @@
-"""A deploy, top to bottom: build → preflight → upload → switch → migrate → health → finish,
-or, when anything fails, put every host back as it was.
+"""A deploy, top to bottom (DESIGN §3):
 
-Every phase runs on all hosts in parallel and is a barrier (``HostGroup.run``). What each host
-has been through is kept in a ``HostRun``, so the undo path knows exactly what to undo:
+    build → preflight → upload → environment → check → before_switch → switch → migrate
+          → restart (+ health, in batches) → after_restart migrations → finish
 
-- before every host has switched: remove the partial release it created on each host, leave
-  ``current`` untouched, release the locks (nothing is logged: nothing changed);
-- after a switch: switch every host back to the release that was current before (reconnecting
-  where a connection died), log the failed attempt, keep the failed release for inspection,
-  release the locks.
+or, when anything fails, the undo. Every phase runs on its hosts in parallel and is a barrier
+(``HostGroup.run``). Each host's progress is a ``HostProgress`` (``state.py``): the furthest
+step it reached, "maybe" included after a lost connection or a time limit, so the undo is a
+table, state → action (``state.UNDO``):
 
-Each phase is one remote command per host over one connection per host; the migration host
-runs one more (the runner), and ``health_cmd`` one more on every host.
+- before any host switched: the new release is removed and the locks released; ``current``,
+  the ledger and ``revisions.jsonl`` are untouched;
+- after a switch: every host goes back to the release it ran before, ``restart`` runs again
+  where it had run (so the old code serves), the attempt is logged as failed with the
+  migrations that stayed applied, the locks are released.
+
+A migration runner that may still commit is never raced: after Ctrl-C, SIGTERM or a lost
+connection during migrate the runner is stopped (or waited for) first and the ledger decides.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config import Settings, Target
 from ..exceptions import (
     DeployToolsError,
     HostError,
     Interrupted,
-    MigrationFailed,
+    LockHeld,
     NeedsPerson,
 )
-from ..hosts import HostGroup, checked
+from ..hosts import HostGroup
 from ..hosts.transport import Transport
+from ..interrupts import Interruption, Interrupts, interruptible
 from ..layout import (
+    EnvironmentProbe,
     HostState,
     abort_script,
     finish_script,
-    health_script,
-    partial_archive_path,
+    log_and_unlock_script,
     preflight_script,
-    switch_and_unlock_script,
+    switch_back_script,
     switch_script,
-    unpack_script,
 )
 from ..lock import LockOwner, deployer, utc_now
 from ..output import Reporter
 from ..revisions import Revision, releases_to_remove, rollback_target
-from ..runner_client import RunnerAnswer, migration_failed, migration_label, python_argv, run_runner
-from .build import Release, build_release
-
-
-@dataclass
-class HostRun:
-    """One host's part in this deploy: what has been done there so far."""
-
-    transport: Transport
-    state: HostState | None = None  # read in preflight, under the lock
-    locked: bool = False
-    uploaded: bool = False  # releases/<id> (or its partial) may exist
-    switched: bool = False
-    current: str | None = None  # where `current` points now, as far as we know
-
-    @property
-    def previous(self) -> str | None:
-        return self.state.current if self.state else None
+from ..runner_client import CheckReport, Runner, migration_label
+from . import environment, hooks, migrate, recovery, upload
+from .build import Release, build_release, uncommitted_changes
+from .state import HostProgress, Step
 
 
 @dataclass
@@ -73,6 +65,11 @@ class DeployResult:
     status: str  # succeeded | rolled_back | failed
     error: str | None = None
     migrations: dict[str, Any] | None = None
+    stayed_applied: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    recovered: dict[str, Any] | None = None
+    ledger_id: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
     hosts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -81,418 +78,597 @@ class DeployResult:
             "status": self.status,
             "error": self.error,
             "migrations": self.migrations,
+            "stayed_applied": self.stayed_applied,
+            "warnings": self.warnings,
+            "recovered": self.recovered,
+            "ledger_id": self.ledger_id,
+            "phases": self.phases,
             "hosts": self.hosts,
         }
 
 
 def deploy(
-    settings: Settings, *, ref: str = "HEAD", reporter: Reporter | None = None
-) -> DeployResult:
-    """Deploy ``ref`` to every host. Returns the result on success; on failure raises a
-    DeployToolsError whose ``result`` attribute holds the DeployResult."""
-    reporter = reporter or Reporter()
-    with tempfile.TemporaryDirectory(prefix="deploytools-") as workdir:
-        reporter.phase("build", f"{ref} of {settings.repo}")
-        release = build_release(settings.repo, ref, settings.migrations_path, Path(workdir))
-        count = len(release.migrations)
-        reporter.note(
-            f"  release {release.id} ({release.size} bytes, "
-            f"{count} migration file{'' if count == 1 else 's'})"
-        )
-        with HostGroup(settings) as group:
-            return _deploy_release(settings, group, release, reporter)
-
-
-def _deploy_release(
-    settings: Settings, group: HostGroup, release: Release, reporter: Reporter
-) -> DeployResult:
-    owner = LockOwner.mine(release.id)
-    runs = {name: HostRun(transport) for name, transport in group.transports.items()}
-    result = DeployResult(release=release.id, status="failed")
-    try:
-        reporter.phase("preflight", ", ".join(group.names))
-        group.run("preflight", lambda t: _preflight(runs[t.target.name], settings, release, owner))
-
-        reporter.phase("upload", f"{release.size} bytes to {len(runs)} hosts")
-        with reporter.upload(group.names, release.size) as progress:
-            group.run("upload", lambda t: _upload(runs[t.target.name], settings, release, progress))
-
-        reporter.phase("switch", f"current -> releases/{release.id}")
-        group.run("switch", lambda t: _switch(runs[t.target.name], release))
-
-        if release.migrations:
-            reporter.phase("migrate", f"on {settings.migrate_on.name}")
-            result.migrations = _migrate(
-                runs[settings.migrate_on.name], settings, release, reporter
-            )
-
-        if settings.health_cmd:
-            reporter.phase("health", settings.health_cmd)
-            group.run("health", lambda t: _health(runs[t.target.name], settings))
-    except BaseException as failure:
-        error = _undo(settings, group, runs, release, owner, failure, result, reporter)
-        result.hosts = _host_report(runs)
-        error.result = result  # type: ignore[attr-defined]
-        if error is failure:
-            raise
-        raise error from (None if isinstance(failure, KeyboardInterrupt) else failure)
-
-    reporter.phase("finish", "log, clean up, unlock")
-    existing = _common_releases(runs) | {release.id}
-    result.status = "succeeded"  # every host runs the new release from here on
-    try:
-        group.run(
-            "finish", lambda t: _finish(runs[t.target.name], settings, release, owner, existing)
-        )
-    except DeployToolsError as failure:
-        # the release is live everywhere; only the log, cleanup or lock release failed
-        error = NeedsPerson(
-            f"{release.id} is live on every host, but {failure}. Check revisions.jsonl there "
-            "and remove a leftover lock with `invoke lock.release`."
-        )
-        result.error = str(error)
-        result.hosts = _host_report(runs)
-        error.result = result  # type: ignore[attr-defined]
-        raise error from failure
-    result.hosts = _host_report(runs)
-    return result
-
-
-# -- the phases, per host -------------------------------------------------------------------------
-
-
-def _preflight(run: HostRun, settings: Settings, release: Release, owner: LockOwner) -> None:
-    target = run.transport.target
-    python = python_argv(target) if release.migrations and target == settings.migrate_on else None
-    script = preflight_script(
-        target.root,
-        owner=owner,
-        release=release.id,
-        need_kb=release.need_kb,
-        shared_files=settings.shared_files,
-        python=python,
-    )
-    result = run.transport.run_script(script)
-    checked(result, "preflight")
-    state = HostState.parse(result.stdout)
-    run.state = state
-    run.locked = True
-    run.current = state.current
-
-
-def _upload(run: HostRun, settings: Settings, release: Release, progress) -> None:
-    target = run.transport.target
-    assert run.state is not None
-    run.uploaded = True
-    run.transport.put(
-        release.archive,
-        partial_archive_path(run.state.root, release.id),
-        progress(target.name),
-    )
-    script = unpack_script(
-        target.root,
-        release=release.id,
-        sha256=release.sha256,
-        manifest=release.manifest(),
-        shared_files=settings.shared_files,
-        shared_dirs=settings.shared_dirs,
-    )
-    checked(run.transport.run_script(script), "upload")
-
-
-def _switch(run: HostRun, release: Release) -> None:
-    result = run.transport.run_script(switch_script(run.transport.target.root, release.id))
-    if result.ok or result.connection_lost:
-        # a lost connection may have switched: treat it as switched so it is switched back
-        run.switched = True
-        run.current = release.id
-    checked(result, "switch")
-
-
-def _migrate(run: HostRun, settings: Settings, release: Release, reporter: Reporter) -> dict:
-    answer = run_runner(
-        run.transport,
-        settings,
-        directory=f"releases/{release.id}",
-        command="apply",
-        args=["--release", release.id, "--lock-timeout", str(int(settings.lock_timeout))],
-    )
-    if answer.exit_code == 0 and answer.data is not None:
-        for applied in answer.data.get("applied", []):
-            reporter.note(
-                f"  applied {migration_label(applied)} in {applied.get('duration_ms')} ms"
-            )
-        if not answer.data.get("applied"):
-            reporter.note("  no pending migrations")
-        return answer.data
-    raise _RunnerFailed(answer)
-
-
-def _health(run: HostRun, settings: Settings) -> None:
-    assert settings.health_cmd
-    result = run.transport.run_script(health_script(run.transport.target.root, settings.health_cmd))
-    if not result.ok:
-        output = (result.stderr.strip() or result.stdout.strip())[-500:]
-        raise HostError(f"health check `{settings.health_cmd}` exited {result.exit_code}: {output}")
-
-
-def _finish(
-    run: HostRun, settings: Settings, release: Release, owner: LockOwner, existing: set[str]
-) -> None:
-    assert run.state is not None
-    revision = _revision(release, run.previous, "succeeded")
-    revisions = [*run.state.revisions, revision]
-    mine = set(run.state.releases) | {release.id}
-    target = rollback_target(revisions, release.id, existing)
-    remove = releases_to_remove(
-        revisions, mine, settings.keep_releases, protected=[release.id, target]
-    )
-    script = finish_script(run.transport.target.root, owner=owner, revision=revision, remove=remove)
-    checked(run.transport.run_script(script), "finish")
-    run.locked = False
-
-
-def _revision(
-    release: Release,
-    previous: str | None,
-    status: str,
-    error: str | None = None,
-    migration: dict | None = None,
-) -> Revision:
-    user, host = deployer()
-    return Revision(
-        action="deploy",
-        release=release.id,
-        previous=previous,
-        sha=release.sha,
-        ref=release.ref,
-        user=user,
-        host=host,
-        at=utc_now(),
-        status=status,  # type: ignore[arg-type]
-        error=error,
-        migration=migration,
-    )
-
-
-# -- when something failed ------------------------------------------------------------------------
-
-
-class _RunnerFailed(Exception):
-    """The migration runner did not report success (internal: turned into the user's error)."""
-
-    def __init__(self, answer: RunnerAnswer) -> None:
-        super().__init__(answer.host)
-        self.answer = answer
-
-
-def _undo(
     settings: Settings,
-    group: HostGroup,
-    runs: dict[str, HostRun],
-    release: Release,
-    owner: LockOwner,
-    failure: BaseException,
-    result: DeployResult,
-    reporter: Reporter,
-) -> BaseException:
-    """Put every host back after ``failure``; return the exception the user should see."""
-    error = _explain(failure, release)
-    if isinstance(failure, _RunnerFailed) and failure.answer.data is not None:
-        result.migrations = failure.answer.data
-    if not any(run.switched for run in runs.values()):
-        reporter.phase("abort", "removing the partial release, releasing locks")
-        problems = _on_each(group, runs, "abort", lambda run: _abort(run, release, owner))
-        result.status = "failed"
-    else:
-        migration_run = runs[settings.migrate_on.name]
-        lost = isinstance(failure, _RunnerFailed) and failure.answer.connection_lost
-        if lost:
-            # the runner may have finished, failed, or still be running: ask the ledger
-            error = _establish_outcome(settings, migration_run, release)
-        revert_problem = None
-        if settings.revert_on_rollback and release.migrations and not lost:
-            revert_problem = _revert_applied(settings, migration_run, release, reporter)
-        reporter.phase("rollback", "switching every host back")
-        migration = getattr(error, "migration", None)
-        revision_error = str(error)
-        problems = _on_each(
-            group,
-            runs,
-            "rollback",
-            lambda run: _switch_back(run, release, owner, revision_error, migration),
-            hosts=[name for name, run in runs.items() if run.locked],
-        )
-        result.status = "rolled_back" if not problems else "failed"
-        if revert_problem:
-            error = NeedsPerson(f"{error}\n{revert_problem}")
-    if problems:
-        hosts = ", ".join(problems)
-        details = "; ".join(f"{host}: {message}" for host, message in problems.items())
-        error = NeedsPerson(
-            f"{error}\nPUTTING HOSTS BACK FAILED on {hosts} ({details}). Check `current`, the "
-            "release and the lock there (`invoke releases`, `invoke lock.status`)."
-        )
-    result.error = str(error)
-    return error
+    *,
+    ref: str = "HEAD",
+    reporter: Reporter | None = None,
+    new_ledger: bool = False,
+) -> DeployResult:
+    """Deploy ``ref``. Returns the result on success; on failure raises a DeployToolsError
+    whose ``result`` attribute holds the DeployResult (its exit code says what happened)."""
+    reporter = reporter or Reporter()
+    hosts = _involved(settings)
+    with (
+        interruptible() as interrupts,
+        tempfile.TemporaryDirectory(prefix="deploytools-") as workdir,
+        HostGroup(settings, hosts) as group,
+    ):
+        group.connect_in_background()  # connecting overlaps with the build
+        started = time.monotonic()
+        release = _build(settings, ref, Path(workdir), reporter)
+        run = Deploy(settings, group, release, reporter, interrupts, new_ledger=new_ledger)
+        run.result.phases["build"] = round(time.monotonic() - started, 3)
+        return run.execute()
 
 
-def _establish_outcome(settings: Settings, run: HostRun, release: Release) -> DeployToolsError:
-    """After the migration host's connection died mid-run: reconnect and read the ledger.
-    A failed migration, or every one applied, is an outcome (exit 1); migrations still
-    pending mean the runner died or still runs, which only a person can tell (exit 4)."""
-    host = run.transport.target.name
-    versions = {stem.split("_", 1)[0] for stem in release.migrations}
-    try:
-        run.transport.reconnect()
-        answer = run_runner(
-            run.transport, settings, directory=f"releases/{release.id}", command="status", args=[]
-        )
-        entries = [m for m in (answer.data or {}).get("migrations", []) if m["version"] in versions]
-    except DeployToolsError as error:
-        answer, entries = None, []
-        reason = str(error)
-    else:
-        reason = answer.stderr_tail() if answer.data is None else ""
-    if answer is not None and answer.data is not None:
-        failed = [m for m in entries if m.get("state") == "failed"]
-        pending = [m for m in entries if m.get("state") == "pending"]
-        if failed:
-            return migration_failed(failed[0], f" on {host} (the connection was lost while it ran)")
-        if not pending:
-            return MigrationFailed(
-                f"the connection to {host} was lost during migrate, after the runner had applied "
-                f"every migration of {release.id}; the code was switched back, the migrations "
-                "stay applied. Deploy again to go forward."
-            )
-        names = ", ".join(migration_label(m) for m in pending)
-        reason = f"{names} still pending"
-    return NeedsPerson(
-        f"the connection to {host} was lost while migrations ran and their outcome is unknown "
-        f"({reason}): the runner may have died or may still be running there. Check with "
-        f"`invoke datamig.status --release {release.id}` and `invoke datamig.apply`."
+def _involved(settings: Settings) -> list[Target]:
+    """The hosts switched, plus the migration host when ``--limit`` left it out (check and
+    migrate still run there, on its ledger; it is then not switched)."""
+    hosts = list(settings.targets)
+    if settings.migrate_on not in hosts:
+        hosts.insert(0, settings.migrate_on)
+    return hosts
+
+
+def _build(settings: Settings, ref: str, workdir: Path, reporter: Reporter) -> Release:
+    reporter.phase("build", f"{ref} of {settings.repo}")
+    release = build_release(
+        settings.repo,
+        ref,
+        settings.migrations_path,
+        workdir,
+        build=settings.build,
+        migrations_path_explicit=settings.migrations_path_explicit,
+        requirements=settings.requirements,
+        venv=settings.venv,
+        on_line=lambda line: reporter.stream("build", line),
     )
-
-
-def _revert_applied(
-    settings: Settings, run: HostRun, release: Release, reporter: Reporter
-) -> str | None:
-    """``datamig.revert_on_rollback``: revert what this release applied, newest first, before
-    the code goes back. Returns what a person must look at, or None."""
-    reporter.phase("revert", f"migrations applied by {release.id}")
-    try:
-        answer = run_runner(
-            run.transport,
-            settings,
-            directory=f"releases/{release.id}",
-            command="revert",
-            args=["--release", release.id, "--skip-irreversible"],
-        )
-    except DeployToolsError as error:
-        return f"reverting the migrations of {release.id} failed: {error}"
-    data = answer.data or {}
-    for item in data.get("reverted", []):
-        reporter.note(f"  reverted {migration_label(item)}")
-    problems = []
-    if data.get("not_revertible"):
-        names = ", ".join(migration_label(m) for m in data["not_revertible"])
-        problems.append(f"not reverted (no revert()): {names}")
-    if data.get("failed"):
-        problems.append(
-            f"revert of {migration_label(data['failed'])} failed: {data['failed'].get('error')}"
-        )
-    if answer.exit_code not in (0, None) and not problems:
-        problems.append(f"the runner failed (exit {answer.exit_code}): {answer.stderr_tail()}")
-    if answer.data is None and not problems:
-        problems.append(f"no answer from the runner: {answer.stderr_tail() or 'connection lost'}")
-    if not problems:
-        return None
-    return (
-        f"Migrations of {release.id} on {run.transport.target.name} were not all reverted: "
-        + "; ".join(problems)
-        + ". Check `invoke datamig.status --release "
-        + release.id
-        + "`."
+    count = len(release.migrations)
+    env = f", environment from {release.lock_file.name}" if release.lock_file else ""
+    reporter.note(
+        f"  release {release.id} ({len(release.entries)} files, {release.unpacked_size} bytes, "
+        f"{count} migration file{'' if count == 1 else 's'}{env})"
     )
+    dirty = uncommitted_changes(settings.repo) if ref == "HEAD" else []
+    if dirty:
+        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+        reporter.warn(f"uncommitted changes are NOT in the release: {shown}")
+    return release
 
 
-def _explain(failure: BaseException, release: Release) -> BaseException:
-    if isinstance(failure, KeyboardInterrupt):
-        return Interrupted(f"deploy of {release.id} interrupted")
-    if isinstance(failure, _RunnerFailed):
-        return _runner_error(failure)
-    if isinstance(failure, DeployToolsError):
-        return failure
-    return HostError(f"deploy of {release.id} failed: {type(failure).__name__}: {failure}")
+class Deploy:
+    """One deploy of one release: the phases in order, and the undo."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        group: HostGroup,
+        release: Release,
+        reporter: Reporter,
+        interrupts: Interrupts,
+        *,
+        new_ledger: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self.release = release
+        self.reporter = reporter
+        self.interrupts = interrupts
+        self.new_ledger = new_ledger
+        self.owner = LockOwner.mine(release.id)
+        self.hosts = {name: HostProgress(t) for name, t in group.transports.items()}
+        self.switching = [t.name for t in settings.targets]  # the hosts whose current moves
+        self.migration_host = settings.migrate_on.name
+        self.result = DeployResult(release=release.id, status="failed")
+        self.check: CheckReport | None = None
+        self.migrations = migrate.Ledger()  # what the runner applied, for the messages
 
-def _runner_error(failure: _RunnerFailed) -> DeployToolsError:
-    """The runner's failure as the user's error (a lost connection is explained later, by
-    ``_establish_outcome``, once the ledger has been read)."""
-    answer = failure.answer
-    failed = (answer.data or {}).get("failed")
-    if failed:
-        return migration_failed(failed, f" on {answer.host}")
-    # whatever the runner's own exit code meant, here the deploy was rolled back: exit 1
-    return MigrationFailed(str(answer.error("the migration runner")))
+    # -- the phases, in order ----------------------------------------------------------------
 
-
-def _on_each(group: HostGroup, runs, phase: str, action, hosts=None) -> dict[str, str]:
-    """Run an undo action everywhere, retrying once on a fresh connection; returns the hosts
-    where it still failed, with why."""
-
-    def attempt(transport: Transport) -> None:
-        run = runs[transport.target.name]
+    def execute(self) -> DeployResult:
         try:
-            action(run)
-        except Exception:
-            transport.reconnect()
-            action(run)
+            self.preflight()
+            self.upload()
+            self.environment()
+            self.check_migrations()
+            self.before_switch()
+            self.switch()
+            self.migrate("after_switch")
+            self.restart()
+        except BaseException as failure:
+            raise self.undo(failure) from _cause(failure)
+        self.after_restart_and_finish()
+        return self.result
 
-    try:
-        group.run(phase, attempt, hosts=hosts)
-    except DeployToolsError as error:
-        return {host: str(error) for host in getattr(error, "hosts", [])}
-    return {}
+    def preflight(self) -> None:
+        """Lock the migration host first, then the others (of two racing deploys one gets
+        every lock); recover first when a dead deploy of this machine holds the locks."""
+        self.reporter.phase("preflight", ", ".join(self.hosts))
+        for attempt in (1, 2):
+            try:
+                self._on_hosts("preflight", self._preflight, [self.migration_host])
+                others = [name for name in self.hosts if name != self.migration_host]
+                self._on_hosts("preflight", self._preflight, others)
+                return
+            except LockHeld as held:
+                dead = recovery.dead_owner(held)
+                if attempt == 2 or dead is None:
+                    raise
+                self._abort_hosts()  # the locks this attempt took, before recovering
+                self.result.recovered = recovery.recover(
+                    self.settings, self.group, dead, self.reporter
+                )
+
+    def _preflight(self, host: HostProgress) -> None:
+        target = host.transport.target
+        probe = None
+        if self.release.lock_file:
+            probe = EnvironmentProbe(
+                self.settings.venv_python, environment.wheel_dirs(self.settings.install_args)
+            )
+        script = preflight_script(
+            target.root,
+            owner=self.owner.at("preflight"),
+            release=self.release.id,
+            need_kb=self.release.need_kb,
+            shared_files=self.settings.shared_files,
+            probe=probe,
+        )
+        with host.attempt(Step.LOCKED):
+            result = host.run(script, "preflight")
+        host.state = HostState.parse(result.stdout)
+        host.current = host.state.current
+
+    def upload(self) -> None:
+        """Send each host what it lacks (the delta against its current release), unpack it
+        over hard links of that release, verify every file against the manifest."""
+        count = len(self.hosts)
+        self.reporter.phase(
+            "upload", f"{len(self.release.entries)} files to {count} host{'s' * (count != 1)}"
+        )
+        publish = self.release.lock_file is None  # else the environment phase publishes it
+        with self.reporter.upload(list(self.hosts)) as progress:
+            self._on_hosts(
+                "upload",
+                lambda host: upload.upload(
+                    host, self.settings, self.release, self.owner.at("upload"), publish, progress
+                ),
+            )
+        sent = [
+            f"{h.name}: {h.files_sent} files, {h.payload_bytes} bytes" for h in self.hosts.values()
+        ]
+        self.reporter.note("  sent " + "; ".join(sent))
+
+    def environment(self) -> None:
+        """The release's Python environment, built or reused per lock file hash (§8)."""
+        if self.release.lock_file is None:
+            return
+        self.reporter.phase("environment", f"from {self.release.lock_file.name}")
+        self._on_hosts(
+            "environment",
+            lambda host: environment.prepare(
+                host,
+                self.settings,
+                self.release,
+                self.owner.at("environment"),
+                self.reporter,
+            ),
+        )
+
+    def check_migrations(self) -> None:
+        """On the migration host, in the new release: the runner imports what is pending,
+        reaches the ledger, and must find the ledger of the last deploy (exit 2 otherwise).
+        Then ``before_switch`` migrations run, while the old code still serves."""
+        if not self.release.migrations:
+            return
+        self.reporter.phase("check", f"migrations on {self.migration_host}")
+        started = time.monotonic()
+        self.check = self._runner().check(
+            f"releases/{self.release.id}", owner=self.owner.at("check")
+        )
+        self.result.phases["check"] = round(time.monotonic() - started, 3)
+        self.result.ledger_id = self.check.ledger_id
+        for warning in self.check.warnings:
+            self.reporter.warn(f"{self.migration_host}: {warning}")
+            self.result.warnings.append(warning)
+        migrate.check_ledger_identity(
+            self.check,
+            [h.state for h in self.hosts.values() if h.state],
+            new_ledger=self.new_ledger,
+            host=self.migration_host,
+        )
+        names = [migration_label(m) for m in self.check.pending]
+        self.reporter.note("  pending: " + (", ".join(names) if names else "none"))
+        if self.check.pending_in("before_switch"):
+            self.migrate("before_switch")
+
+    def before_switch(self) -> None:
+        if not self.settings.before_switch:
+            return
+        self.reporter.phase("before_switch", f"{len(self.settings.before_switch)} commands")
+        self._on_hosts(
+            "before_switch",
+            lambda host: hooks.run_hooks(
+                host,
+                f"releases/{self.release.id}",
+                "before_switch",
+                self.settings.before_switch,
+                self.owner.at("before_switch"),
+                self.reporter,
+            ),
+            self.switching,
+        )
+
+    def switch(self) -> None:
+        self.reporter.phase("switch", f"current -> releases/{self.release.id}")
+
+        def switch(host: HostProgress) -> None:
+            script = switch_script(
+                host.transport.target.root, self.release.id, self.owner.at("switch")
+            )
+            with host.attempt(Step.SWITCHED):
+                host.run(script, "switch")
+            host.current = self.release.id
+
+        self._on_hosts("switch", switch, self.switching)
+
+    def migrate(self, phase: str) -> None:
+        """The pending migrations of ``phase`` on the migration host, their log lines
+        streamed as they come. Never returns while the runner may still be working."""
+        if self.check is None or not self.check.pending_in(phase):
+            return
+        host = self.hosts[self.migration_host]
+        self.reporter.phase("migrate", f"{phase} migrations on {self.migration_host}")
+        started = time.monotonic()
+        directory = f"releases/{self.release.id}"
+        outcome = migrate.apply(
+            self._runner(),
+            directory,
+            self.release.id,
+            phase,
+            self.owner.at(f"migrate:{phase}"),
+            self.check.pending_in(phase),
+            self.settings,
+            host,
+            self.reporter,
+            self.interrupts,
+        )
+        self.result.phases[f"migrate:{phase}"] = round(time.monotonic() - started, 3)
+        self.migrations.add(outcome)
+        self.result.migrations = self.migrations.report()
+        self.result.ledger_id = self.migrations.ledger_id or self.result.ledger_id
+        outcome.raise_for_failure()
+
+    def restart(self) -> None:
+        """``restart`` then ``health`` on every switched host, batch after batch."""
+        targets = [self.hosts[name].transport.target for name in self.switching]
+        if not any(t.restart or t.health for t in targets):
+            return
+        batches = self.settings.restart_batches(targets)
+        for number, batch in enumerate(batches, start=1):
+            names = [t.name for t in batch]
+            label = f"batch {number}/{len(batches)}: " if len(batches) > 1 else ""
+            self.reporter.phase("restart", label + ", ".join(names))
+
+            def restart(host: HostProgress) -> None:
+                with host.attempt(Step.RESTARTED):
+                    hooks.restart(host, self.settings, self.owner.at("restart"), self.reporter)
+
+            self._on_hosts("restart", restart, names)
+
+    def after_restart_and_finish(self) -> None:
+        """``after_restart`` migrations (a failure leaves the new code live: exit 4), then
+        log, clean up and unlock. The release is live from here on."""
+        self.result.status = "succeeded"
+        late: DeployToolsError | None = None
+        try:
+            self.migrate("after_restart")
+        except DeployToolsError as failure:
+            late = NeedsPerson(
+                f"{failure}\nThe new release {self.release.id} stays live (after_restart "
+                "migrations run once the new code serves); fix the migration and run "
+                "`invoke datamig.apply`."
+            )
+            self.result.error = str(late)
+        except Interruption:
+            late = NeedsPerson(
+                f"interrupted during the after_restart migrations of {self.release.id}, which "
+                "stays live; check `invoke datamig.status` and run `invoke datamig.apply`."
+            )
+            self.result.error = str(late)
+        try:
+            self.finish(error=str(late) if late else None)
+        except DeployToolsError as failure:
+            late = NeedsPerson(
+                f"{self.release.id} is live on every host, but {failure}. Check "
+                "revisions.jsonl there and run `invoke lock.release` if a lock is left."
+            )
+            self.result.error = str(late)
+        self.result.hosts = self._host_report()
+        if late is not None:
+            late.result = self.result  # type: ignore[attr-defined]
+            raise late
+
+    def finish(self, error: str | None = None) -> None:
+        self.reporter.phase("finish", "log, clean up, unlock")
+        common = set.intersection(
+            *(set(h.state.releases) for h in self.hosts.values() if h.state)
+        ) | {self.release.id}
+
+        def finish(host: HostProgress) -> None:
+            if host.name not in self.switching:
+                # the migration host outside --limit: it ran the migrations, nothing else
+                with host.attempt(Step.FINISHED):
+                    host.run(
+                        abort_script(host.transport.target.root, owner=self.owner, discard=None),
+                        "finish",
+                    )
+                return
+            assert host.state is not None
+            revision = self._revision(host, "succeeded", error=error)
+            revisions = [*host.state.revisions, revision]
+            target = rollback_target(revisions, self.release.id, common)
+            remove = releases_to_remove(
+                revisions,
+                set(host.state.releases) | {self.release.id},
+                self.settings.keep_releases,
+                protected=[self.release.id, target],
+            )
+            script = finish_script(
+                host.transport.target.root, owner=self.owner, revision=revision, remove=remove
+            )
+            with host.attempt(Step.FINISHED):
+                host.run(script, "finish")
+
+        self._on_hosts("finish", finish, retry=True)
+
+    # -- undo ------------------------------------------------------------------------------------
+
+    def undo(self, failure: BaseException) -> DeployToolsError:
+        """Put every host back after ``failure`` (table: ``state.UNDO``); the error the
+        user should see. Signals are noted, not obeyed, until the hosts are back."""
+        with self.interrupts.shielded():
+            error = self._explain(failure)
+            if getattr(failure, "unsettled", False):
+                # a runner may still commit: switching back now could serve old code on new
+                # data. Every host (and its lock) is left as it is, for a person.
+                return self._finish_error(error, "failed")
+            if not any(h.reached >= Step.SWITCHED for h in self.hosts.values()):
+                error = self._name_stayed_applied(error)
+                self.reporter.phase("abort", "removing the new release, releasing locks")
+                problems = self._abort_hosts()
+                status = "failed"
+            else:
+                error, problems = self._switch_back(error)
+                status = "rolled_back" if not problems else "failed"
+            if problems:
+                details = "; ".join(f"{host}: {why}" for host, why in problems.items())
+                error = NeedsPerson(
+                    f"{error}\nPUTTING HOSTS BACK FAILED on {', '.join(problems)} ({details}). "
+                    "Check `current`, the release and the lock there (`invoke releases`, "
+                    "`invoke lock.status`)."
+                )
+            return self._finish_error(error, status)
+
+    def _switch_back(self, error: DeployToolsError) -> tuple[DeployToolsError, dict[str, str]]:
+        """After a switch: revert (if asked), switch back, restart where it had restarted,
+        log the failed attempt, unlock. Per host, each action retried once."""
+        problems: dict[str, str] = {}
+        migration = getattr(error, "migration", None)
+        if self.migrations.stayed_applied() and self.settings.revert_on_rollback:
+            revert_problem = migrate.revert(
+                self._runner(), self.release.id, self.migrations, self.reporter
+            )
+            if revert_problem:
+                problems[self.migration_host] = revert_problem
+        error = self._name_stayed_applied(error)
+        self.reporter.phase("rollback", "switching every host back")
+        switched = [h.name for h in self.hosts.values() if h.reached >= Step.SWITCHED]
+        problems |= self._on_each("switch back", self._put_back, switched)
+        restarted = [
+            h.name
+            for h in self.hosts.values()
+            if h.reached >= Step.RESTARTED and h.name not in problems
+        ]
+        if restarted:
+            self.reporter.phase("restart", "the previous release, where it had restarted")
+            problems |= self._on_each(
+                "restart",
+                lambda host: hooks.restart(host, self.settings, None, self.reporter),
+                restarted,
+            )
+        revision_error = str(error)
+        problems |= self._on_each(
+            "log and unlock",
+            lambda host: self._log_and_unlock(host, revision_error, migration),
+            [
+                h.name
+                for h in self.hosts.values()
+                if h.reached >= Step.LOCKED and h.name not in problems
+            ],
+        )
+        return error, problems
+
+    def _name_stayed_applied(self, error: DeployToolsError) -> DeployToolsError:
+        """The exit-1 message, ``--json`` and the revision line name the migrations that
+        committed before the failure (DESIGN §3)."""
+        stayed = self.migrations.stayed_applied()
+        self.result.stayed_applied = stayed
+        if self.migrations.outcomes:
+            self.result.migrations = self.migrations.report()
+        if not stayed:
+            return error
+        named = type(error)(
+            f"{error}\nMigrations that stayed applied (they committed before the failure; "
+            f"the previous release must work with them): {', '.join(stayed)}."
+        )
+        named.migration = getattr(error, "migration", None)  # type: ignore[attr-defined]
+        return named
+
+    def _put_back(self, host: HostProgress) -> None:
+        if host.name in self.switching:
+            host.run(
+                switch_back_script(host.transport.target.root, target=host.previous), "switch back"
+            )
+        host.settle(Step.UPLOADED)
+        host.current = host.previous
+
+    def _log_and_unlock(self, host: HostProgress, error: str, migration: dict | None) -> None:
+        revision = (
+            self._revision(host, "failed", error=error, migration=migration)
+            if host.name in self.switching and host.done < Step.FINISHED
+            else None
+        )
+        host.run(
+            log_and_unlock_script(host.transport.target.root, revision=revision, owner=self.owner),
+            "log and unlock",
+        )
+        host.settle(Step.NONE)
+
+    def _abort_hosts(self) -> dict[str, str]:
+        def abort(host: HostProgress) -> None:
+            reached = host.reached
+            script = abort_script(
+                host.transport.target.root,
+                owner=self.owner,
+                discard=self.release.id if reached >= Step.UPLOADED else None,
+            )
+            host.run(script, "abort")
+            host.settle(Step.NONE)
+
+        return self._on_each(
+            "abort", abort, [h.name for h in self.hosts.values() if h.reached >= Step.LOCKED]
+        )
+
+    def _finish_error(self, error: DeployToolsError, status: str) -> DeployToolsError:
+        self.result.status = status
+        self.result.error = str(error)
+        self.result.hosts = self._host_report()
+        error.result = self.result  # type: ignore[attr-defined]
+        return error
+
+    def _explain(self, failure: BaseException) -> DeployToolsError:
+        if isinstance(failure, Interruption):
+            return Interrupted(f"deploy of {self.release.id} interrupted ({failure.name})")
+        if isinstance(failure, KeyboardInterrupt):
+            return Interrupted(f"deploy of {self.release.id} interrupted")
+        if isinstance(failure, DeployToolsError):
+            return failure
+        return HostError(f"deploy of {self.release.id} failed: {type(failure).__name__}: {failure}")
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _runner(self) -> Runner:
+        return Runner(
+            self.hosts[self.migration_host].transport, self.settings, on_line=self.reporter.stream
+        )
+
+    def _on_hosts(
+        self,
+        phase: str,
+        action: Callable[[HostProgress], None],
+        names: Iterable[str] | None = None,
+        *,
+        retry: bool = False,
+    ) -> None:
+        """``action`` on each host (all, or ``names``) as one barrier; with ``retry``, a
+        host whose connection died is tried once more on a fresh connection."""
+        started = time.monotonic()
+
+        def attempt(transport: Transport) -> None:
+            host = self.hosts[transport.target.name]
+            began = time.monotonic()
+            try:
+                action(host)
+            except DeployToolsError as error:
+                if not (retry and getattr(error, "retryable", False)):
+                    raise
+                transport.reconnect()
+                action(host)
+            finally:
+                host.phases[phase] = round(host.phases.get(phase, 0) + time.monotonic() - began, 3)
+
+        try:
+            self.group.run(phase, attempt, hosts=list(self.hosts) if names is None else names)
+        finally:
+            self.result.phases[phase] = round(
+                self.result.phases.get(phase, 0) + time.monotonic() - started, 3
+            )
+
+    def _on_each(
+        self, phase: str, action: Callable[[HostProgress], None], names: list[str]
+    ) -> dict[str, str]:
+        """An undo action everywhere, each host retried once on a fresh connection; returns
+        the hosts where it still failed, with why."""
+        if not names:
+            return {}
+
+        def attempt(host: HostProgress) -> None:
+            try:
+                action(host)
+            except Exception:
+                host.transport.reconnect()
+                action(host)
+
+        try:
+            self._on_hosts(phase, attempt, names)
+        except DeployToolsError as error:
+            failed = getattr(error, "errors", {})
+            return {host: str(problem) for host, problem in failed.items()}
+        return {}
+
+    def _revision(
+        self,
+        host: HostProgress,
+        status: str,
+        error: str | None = None,
+        migration: dict | None = None,
+    ) -> Revision:
+        user, who = deployer()
+        return Revision(
+            action="deploy",
+            release=self.release.id,
+            previous=host.previous,
+            sha=self.release.sha,
+            ref=self.release.ref,
+            user=user,
+            host=who,
+            at=utc_now(),
+            status=status,  # type: ignore[arg-type]
+            error=error,
+            migration=migration,
+            ledger=self.result.ledger_id if status == "succeeded" else None,
+            stayed_applied=self.result.stayed_applied or None,
+        )
+
+    def _host_report(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "host": name,
+                "current": host.current,
+                "switched": name in self.switching,
+                "commands": host.transport.commands,
+                "connections": host.transport.connections,
+                "bytes_sent": getattr(host.transport, "bytes_sent", 0),
+                "files_sent": host.files_sent,
+                "environment": host.environment,
+                "phases": host.phases,
+                "hooks": host.hooks,
+                "reached": host.reached.name.lower(),
+            }
+            for name, host in self.hosts.items()
+        ]
 
 
-def _abort(run: HostRun, release: Release, owner: LockOwner) -> None:
-    if not (run.locked or run.uploaded):
-        return
-    script = abort_script(
-        run.transport.target.root,
-        owner=owner if run.locked else None,
-        discard=release.id if run.uploaded else None,
-    )
-    checked(run.transport.run_script(script), "abort")
-    run.locked = False
-
-
-def _switch_back(
-    run: HostRun, release: Release, owner: LockOwner, error: str, migration: dict | None
-) -> None:
-    revision = _revision(release, run.previous, "failed", error=error, migration=migration)
-    script = switch_and_unlock_script(
-        run.transport.target.root, target=run.previous, revision=revision, owner=owner
-    )
-    checked(run.transport.run_script(script), "rollback")
-    run.switched = False
-    run.locked = False
-    run.current = run.previous
-
-
-def _common_releases(runs: dict[str, HostRun]) -> set[str]:
-    sets = [set(run.state.releases) for run in runs.values() if run.state]
-    return set.intersection(*sets) if sets else set()
-
-
-def _host_report(runs: dict[str, HostRun]) -> list[dict[str, Any]]:
-    return [
-        {
-            "host": name,
-            "current": run.current,
-            "commands": run.transport.commands,
-            "connections": run.transport.connections,
-        }
-        for name, run in runs.items()
-    ]
+def _cause(failure: BaseException) -> BaseException | None:
+    return None if isinstance(failure, KeyboardInterrupt) else failure

@@ -8,29 +8,48 @@ in flight (they cannot be recalled from a remote host), so the caller can undo w
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..config import Settings
+from ..config import Settings, Target
 from ..exceptions import DeployToolsError, HostError, LockHeld, NeedsPerson, UsageError
 from ..layout import Code, HostState
 from .transport import CommandResult, Transport, open_transport
 
 T = TypeVar("T")
+MAX_THREADS = 32  # threads (and so commands in flight) at once, whatever the number of hosts
+
+
+def _quietly_connect(transport: Transport) -> None:
+    """Connect ahead of time; a failure is reported by the first real command instead."""
+    connect = getattr(transport, "connect", None)
+    if connect is None:
+        return
+    with contextlib.suppress(Exception):
+        connect()
 
 
 class HostGroup:
     """The hosts of one command, a transport each (one connection per host for the whole
     command). Use as a context manager: connections close at the end."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, targets: Iterable[Target] | None = None) -> None:
         self.settings = settings
         self.transports: dict[str, Transport] = {
-            target.name: open_transport(target, settings) for target in settings.targets
+            target.name: open_transport(target, settings)
+            for target in (settings.targets if targets is None else targets)
         }
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(32, len(self.transports)), thread_name_prefix="host"
+            max_workers=max(1, min(MAX_THREADS, len(self.transports))), thread_name_prefix="host"
         )
+        self._connecting: dict[str, concurrent.futures.Future] = {}
+
+    def connect_in_background(self) -> None:
+        """Start connecting to every host now (a deploy overlaps this with its build); the
+        first command on a host waits for its connection, and reports its failure."""
+        for name, transport in self.transports.items():
+            self._connecting[name] = self._pool.submit(_quietly_connect, transport)
 
     def __enter__(self) -> HostGroup:
         return self
@@ -85,20 +104,30 @@ def _wait_through_interrupts(futures: Iterable[concurrent.futures.Future]) -> No
             continue
 
 
+#: The error that wins when hosts fail differently: the most severe exit code (DESIGN §3).
+SEVERITY = {4: 4, 3: 3, 2: 2, 1: 1}
+
+
+def most_severe(errors: Iterable[BaseException]) -> DeployToolsError | None:
+    """The DeployToolsError with the highest exit-code precedence: 4 > 3 > 2 > 1."""
+    kinds = [error for error in errors if isinstance(error, DeployToolsError)]
+    return max(kinds, key=lambda e: SEVERITY.get(e.exit_code, 0), default=None)
+
+
 def phase_error(phase: str, errors: dict[str, BaseException]) -> DeployToolsError:
-    """One exception for a phase that failed on some hosts: the class of the most serious
-    failure (a person needed, else the first host's), a message naming every host."""
+    """One exception for a phase that failed on some hosts: the class of the most severe
+    failure (exit 4 over 3 over 2 over 1, whatever the host order), a message naming every
+    host. ``hosts`` lists them, ``errors`` keeps each host's own exception."""
     if len(errors) == 1:
         ((host, error),) = errors.items()
         message = f"{phase} failed on {host}: {_describe(error)}"
     else:
         lines = "".join(f"\n  - {host}: {_describe(error)}" for host, error in errors.items())
         message = f"{phase} failed on {len(errors)} hosts:{lines}"
-    kinds = [error for error in errors.values() if isinstance(error, DeployToolsError)]
-    serious = [error for error in kinds if isinstance(error, NeedsPerson)]
-    template = (serious or kinds or [HostError("")])[0]
+    template = most_severe(errors.values()) or HostError("")
     combined = type(template)(message)
     combined.hosts = list(errors)  # type: ignore[attr-defined]
+    combined.errors = dict(errors)  # type: ignore[attr-defined]
     return combined
 
 
@@ -109,25 +138,43 @@ def _describe(error: BaseException) -> str:
 
 
 def checked(result: CommandResult, what: str) -> CommandResult:
-    """``result`` if the script succeeded, else a HostError carrying its message (LockHeld
-    when the deploy lock is taken, with its owner)."""
+    """``result`` if the script succeeded, else the error saying why (LockHeld when the deploy
+    lock is taken, carrying its owner; UsageError for what preflight finds before changing
+    anything; HostError otherwise, naming a lost connection or a time limit)."""
     if result.ok:
         return result
     if result.exit_code == Code.LOCKED:
-        owner = HostState.parse(result.stdout).lock
-        holder = owner.describe() if owner else "an unknown owner (no owner.json)"
-        raise LockHeld(
+        state = HostState.parse(result.stdout)
+        holder = state.lock.describe() if state.lock else "an unknown owner (no owner.json)"
+        error = LockHeld(
             f"the deploy lock is held by {holder}; nothing was changed. If no deploy is "
             "running, remove it with `invoke lock.release`"
         )
+        error.owner = state.lock  # type: ignore[attr-defined]
+        raise error
+    if result.timed_out:
+        tail = _tail(result)
+        raise HostError(
+            f"{what} ran past its time limit (deploy.command_timeout) and was cut off"
+            + (f": {tail}" if tail else "")
+        )
     if result.connection_lost:
-        raise HostError(f"the connection was lost during {what}")
-    detail = result.stderr.strip() or result.stdout.strip() or "no output"
+        raise HostError(
+            f"the connection was lost during {what}: {result.stderr.strip()}".rstrip(": ")
+        )
+    detail = _tail(result) or "no output"
+    if result.exit_code == Code.LOCK_LOST:
+        raise NeedsPerson(detail)
     if result.exit_code in _NOTHING_CHANGED_CODES:
         # a host that is not set up, a taken release id, a missing shared file or a Python
-        # without deploytools: found in preflight, before anything changed (exit 2)
+        # that cannot build environments: found in preflight, before anything changed (exit 2)
         raise UsageError(detail)
     raise HostError(f"{detail} (exit {result.exit_code})")
+
+
+def _tail(result: CommandResult, lines: int = 20) -> str:
+    text = result.stderr.strip() or result.stdout.strip()
+    return "\n".join(text.splitlines()[-lines:])
 
 
 _NOTHING_CHANGED_CODES = {

@@ -441,21 +441,27 @@ class SSHTransport:
         self._bytes_before = 0  # sent on connections already closed
         self._connection: DeployConnection | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._connecting = threading.Lock()  # a deploy connects ahead, while it builds
 
     @property
     def bytes_sent(self) -> int:
         meter = self._connection.meter if self._connection is not None else None
         return self._bytes_before + (meter.bytes_sent if meter is not None else 0)
 
+    def connect(self) -> None:
+        """Open the connection now rather than on the first command."""
+        self._connect()
+
     def _connect(self) -> DeployConnection:
-        if self._connection is not None and self._connection.is_connected:
-            return self._connection
-        self.close()  # one the watchdog gave up on, if any
-        connection = make_connection(self.target, self.settings)
-        connection.open()
-        self.connections += 1
-        self._connection = connection
-        return connection
+        with self._connecting:
+            if self._connection is not None and self._connection.is_connected:
+                return self._connection
+            self.close()  # one the watchdog gave up on, if any
+            connection = make_connection(self.target, self.settings)
+            connection.open()
+            self.connections += 1
+            self._connection = connection
+            return connection
 
     def _lost(self, connection: DeployConnection, error: BaseException | None = None) -> str:
         if connection.lost_reason:
