@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import faults
 from ..config import Settings, Target
 from ..exceptions import (
     DeployToolsError,
@@ -176,15 +177,21 @@ class Deploy:
     # -- the phases, in order ----------------------------------------------------------------
 
     def execute(self) -> DeployResult:
+        phases = [
+            ("preflight", self.preflight),
+            ("upload", self.upload),
+            ("environment", self.environment),
+            ("check", self.check_migrations),
+            ("before_switch", self.before_switch),
+            ("switch", self.switch),
+            ("migrate", lambda: self.migrate("after_switch")),
+            ("restart", self.restart),
+        ]
         try:
-            self.preflight()
-            self.upload()
-            self.environment()
-            self.check_migrations()
-            self.before_switch()
-            self.switch()
-            self.migrate("after_switch")
-            self.restart()
+            for name, phase in phases:
+                faults.point(f"before:{name}")
+                phase()
+                faults.point(f"after:{name}")
         except BaseException as failure:
             raise self.undo(failure) from _cause(failure)
         self.after_restart_and_finish()
@@ -372,6 +379,7 @@ class Deploy:
         self.result.status = "succeeded"
         late: DeployToolsError | None = None
         try:
+            faults.point("before:after_restart")
             self.migrate("after_restart")
         except DeployToolsError as failure:
             late = NeedsPerson(
@@ -400,6 +408,7 @@ class Deploy:
             raise late
 
     def finish(self, error: str | None = None) -> None:
+        faults.point("before:finish")
         self.reporter.phase("finish", "log, clean up, unlock")
         common = set.intersection(
             *(set(h.state.releases) for h in self.hosts.values() if h.state)
@@ -614,6 +623,7 @@ class Deploy:
             return {}
 
         def attempt(host: HostProgress) -> None:
+            faults.point(f"undo:{phase}")
             try:
                 action(host)
             except Exception:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from .. import faults
 from ..exceptions import DeployToolsError, TransportError
 from ..hosts.group import checked
 from ..hosts.transport import CommandResult, Transport
@@ -117,6 +118,9 @@ class HostProgress:
             # the host could not be reached at all: the command was never sent
             self.unreached = self.last is None
             raise
+        if faults.lose_connection(what):
+            self.transport.reconnect()  # the command ran; its answer never arrives
+            result = CommandResult(None, "", f"connection to {self.name} lost (fault injection)")
         self.last = result
         try:
             return checked(result, what)
