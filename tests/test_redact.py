@@ -19,7 +19,7 @@ from deploytools.datamig.lock import AdvisoryLock
 from deploytools.redact import MASK, display_url, redact, url_passwords
 
 try:
-    from hypothesis import given, settings
+    from hypothesis import example, given, settings
     from hypothesis import strategies as st
 except ImportError:  # hypothesis comes with the "test" extra; a bare pytest skips these tests
     given = None
@@ -166,9 +166,8 @@ def test_redact_known_secrets_anywhere():
     assert set(secrets) == {"s3cr%40t", "s3cr@t", "other"}
     text = "the password is s3cr@t (s3cr%40t encoded), redis: other"
     assert redact(text, secrets) == "the password is *** (*** encoded), redis: ***"
-    assert url_passwords("postgresql+psycopg:/app:pw%2Fx@db/app") == ["pw%2Fx", "pw/x"] or set(
-        url_passwords("postgresql+psycopg:/app:pw%2Fx@db/app")
-    ) == {"pw%2Fx", "pw/x"}
+    # a URL urlsplit cannot read (one slash): its password is found all the same
+    assert set(url_passwords("postgresql+psycopg:/app:pw%2Fx@db/app")) == {"pw%2Fx", "pw/x"}
 
 
 def test_redact_secrets_with_stars():
@@ -193,40 +192,13 @@ def test_display_url():
 # --------------------------------------------------------------------------- properties
 
 # Pieces of the texts redaction has to look at, so random texts hit its patterns often.
+# fmt: off
 FRAGMENTS = [
-    "postgres://",
-    "redis:/",
-    "h+s:",
-    "u",
-    "1",
-    ":",
-    "/",
-    "@",
-    " ",
-    "\n",
-    "'",
-    '"',
-    "<",
-    "\\",
-    "=",
-    "&",
-    ";",
-    "password=",
-    "Token=",
-    "[parameters: ",
-    "(",
-    ")",
-    "[",
-    "]",
-    "{",
-    "}",
-    "*",
-    MASK,
-    ")=(",
-    "Failing row contains (",
-    "\n(Background on this error at: x)",
-    "\\n",
+    "postgres://", "redis:/", "h+s:", "u", "1", ":", "/", "@", " ", "\n", "'", '"', "<", "\\",
+    "=", "&", ";", "password=", "Token=", "[parameters: ", "(", ")", "[", "]", "{", "}", "*",
+    MASK, ")=(", "Failing row contains (", "\n(Background on this error at: x)", "\\n",
 ]
+# fmt: on
 
 # What the URL rule means, as one (backtracking) regex: fine for short texts only.
 URL_PASSWORD = re.compile(
@@ -248,9 +220,11 @@ if given is not None:
 
     @quick
     @given(text=texts, secrets=secret_lists, data=st.data())
+    # a DETAIL whose start is then masked as a token's value, its own ")=(" kept after it
+    @example(text='Token=Failing row contains (b&(;}{")=(', secrets=[], data=None)
     def test_redact_property_no_secret_left_and_idempotent(text, secrets, data):
         # Some secrets taken from the text itself, so that they do occur.
-        if len(text) > 1:
+        if data is not None and len(text) > 1:
             start = data.draw(st.integers(0, len(text) - 1))
             piece = text[start : start + data.draw(st.integers(1, 8))]
             if piece.strip("*"):
