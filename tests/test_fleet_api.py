@@ -4,9 +4,11 @@ the deploy's connection settings (host keys, identity, timeouts, keepalive, TCP_
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import invoke
 import pytest
@@ -128,3 +130,51 @@ def test_importing_deploytools_does_not_load_fabric():
         "assert callable(fleet) and 'fabric' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def readme_tasks() -> str:
+    """The ``tasks.py`` of the README's "Custom tasks on the same fleet" section."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Custom tasks on the same fleet", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_tasks_run_on_the_fleet(ssh_cluster, tmp_path):
+    has_roles = "roles" in {field.name for field in dataclasses.fields(Target)}
+    hosts: list = [host.spec for host in ssh_cluster.hosts]
+    if has_roles:
+        hosts = [
+            {"host": spec, "roles": ["web"] if i < 2 else ["worker"]}
+            for i, spec in enumerate(hosts)
+        ]
+    (tmp_path / "tasks.py").write_text(readme_tasks())
+    config = {
+        "deploy": {
+            "hosts": hosts,
+            "root": "/srv/app",
+            "known_hosts": str(ssh_cluster.known_hosts),
+            "identity_file": str(ssh_cluster.client_key),
+        }
+    }
+    (tmp_path / "invoke.yaml").write_text(json.dumps(config))
+
+    def invoke_cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+
+    out = invoke_cli("sh", "echo $SSH_CONNECTION")
+    for host in ssh_cluster.hosts:
+        assert f"{host.address}: " in out
+    first = ssh_cluster.hosts[0]
+    assert invoke_cli("sh", "echo hi", "--hosts", first.spec) == f"{first.address}: hi\n"
+    if has_roles:  # journalctl may find no journal here: its exit status is shown, not raised
+        out = invoke_cli("logs", "--lines", "5")
+        assert [line.split()[1] for line in out.splitlines() if line.startswith("== ")] == [
+            host.address for host in ssh_cluster.hosts[:2]
+        ]
