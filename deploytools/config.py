@@ -401,7 +401,7 @@ def _with_stage(
 
 
 def _fleet(deploy: dict[str, Any], inventory: Any, stage_names: list[str]) -> list[Target]:
-    """Every configured host, in the order written (or the inventory's order)."""
+    """Every configured host, in the order written (or in Ansible's order)."""
     if inventory is not None:
         if "hosts" in deploy:
             raise ConfigError("set deploy.hosts or deploy.inventory, not both")

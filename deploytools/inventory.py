@@ -39,7 +39,8 @@ class InventoryHost:
 
 
 class Inventory:
-    """The hosts of an inventory in inventory order, and Ansible's pattern matching on them."""
+    """The hosts of an inventory, in Ansible's order (``ansible all --list-hosts``), and
+    Ansible's pattern matching on them."""
 
     def __init__(self, source: str, manager: Any, hosts: list[InventoryHost]) -> None:
         self.source = source
