@@ -87,7 +87,7 @@ def test_ini_inventory_with_group_and_host_vars(tmp_path, monkeypatch):
     write(
         tmp_path / "inventory",
         {
-            "hosts.ini": INI,
+            "hosts": INI,  # no .ini: older ansible-core skips *.ini inside a directory
             # beside the inventory, as ansible-playbook reads them
             "group_vars/worker.yml": """
                 deploy_restart: [sudo systemctl restart app-worker]
