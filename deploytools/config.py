@@ -283,6 +283,18 @@ def load_settings(
     )
 
 
+def migrations_folder(config: Mapping[str, Any], *, stage: str | None = None) -> Path:
+    """``<deploy.repo>/<datamig.path>`` on this machine, for ``invoke datamig.new``: the same
+    checks as ``load_settings`` but no hosts needed, since nothing leaves this machine."""
+    deploy, datamig = _sections(config)
+    stage = stage or _text("deploy.stage", deploy.pop("stage", None))
+    deploy, datamig = _with_stage(deploy, datamig, stage)
+    repo = _local_path("deploy.repo", deploy.get("repo")).resolve()
+    return repo / (
+        _release_path("datamig.path", datamig.get("path")) or DEFAULTS["datamig"]["path"]
+    )
+
+
 def with_targets(settings: Settings, targets: tuple[Target, ...]) -> Settings:
     """The same settings on other targets (the first of them migrates if the migration host
     is not among them)."""
