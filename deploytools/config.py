@@ -41,8 +41,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "repo": None,
         # how many releases cleanup keeps (current and its rollback target are always kept)
         "keep_releases": 5,
-        # paths under shared/ linked into every release before the switch
+        # files under shared/ linked into every release before the switch
         "shared_files": [],
+        # directories under shared/ linked into every release before the switch
         "shared_dirs": [],
         # the host, or a role (its first host), that runs the data migrations (the first host)
         "migrate_on": None,
@@ -243,12 +244,11 @@ def load_settings(
         fleet=tuple(fleet),
         migrate_on=_migrate_on(fleet, _text("deploy.migrate_on", deploy.get("migrate_on"))),
         stage=stage,
-        repo=(_local_path("deploy.repo", deploy.get("repo")) or Path.cwd()).resolve(),
+        repo=_local_path("deploy.repo", deploy.get("repo")).resolve(),
         keep_releases=int(_number("deploy.keep_releases", _get(deploy, "keep_releases"), 1, True)),
         shared_files=_shared_paths("deploy.shared_files", deploy.get("shared_files")),
         shared_dirs=_shared_paths("deploy.shared_dirs", deploy.get("shared_dirs")),
-        known_hosts=_local_path("deploy.known_hosts", _get(deploy, "known_hosts"))
-        or Path("~/.ssh/known_hosts").expanduser(),
+        known_hosts=_local_path("deploy.known_hosts", _get(deploy, "known_hosts")),
         accept_new_host_keys=_boolean(
             "deploy.accept_new_host_keys", _get(deploy, "accept_new_host_keys")
         ),
@@ -280,6 +280,18 @@ def load_settings(
         revert_on_rollback=_boolean(
             "datamig.revert_on_rollback", _get(datamig, "revert_on_rollback", "datamig")
         ),
+    )
+
+
+def migrations_folder(config: Mapping[str, Any], *, stage: str | None = None) -> Path:
+    """``<deploy.repo>/<datamig.path>`` on this machine, for ``invoke datamig.new``: the same
+    checks as ``load_settings`` but no hosts needed, since nothing leaves this machine."""
+    deploy, datamig = _sections(config)
+    stage = stage or _text("deploy.stage", deploy.pop("stage", None))
+    deploy, datamig = _with_stage(deploy, datamig, stage)
+    repo = _local_path("deploy.repo", deploy.get("repo")).resolve()
+    return repo / (
+        _release_path("datamig.path", datamig.get("path")) or DEFAULTS["datamig"]["path"]
     )
 
 
@@ -401,7 +413,7 @@ def _with_stage(
 
 
 def _fleet(deploy: dict[str, Any], inventory: Any, stage_names: list[str]) -> list[Target]:
-    """Every configured host, in the order written (or the inventory's order)."""
+    """Every configured host, in the order written (or in Ansible's order)."""
     if inventory is not None:
         if "hosts" in deploy:
             raise ConfigError("set deploy.hosts or deploy.inventory, not both")
@@ -559,7 +571,8 @@ def _select(
             matched = set(match_pattern(limit, [(t.name, t.roles) for t in fleet]))
         chosen = [t for t in chosen if t.name in matched]
         if not chosen:
-            raise ConfigError(f"--limit {limit!r} leaves no host to act on; hosts: {known}")
+            after = " after --hosts" if hosts is not None else ""
+            raise ConfigError(f"limit {limit!r} leaves no host{after}; hosts: {known}")
     return chosen
 
 
@@ -738,7 +751,6 @@ def _release_path(key: str, value: Any) -> str | None:
     return None if value is None else _relative(key, value, "the release")
 
 
-def _local_path(key: str, value: Any) -> Path | None:
+def _local_path(key: str, value: Any) -> Path:
     """A path on this machine (``~`` expanded; relative to the current directory)."""
-    text = _text(key, value)
-    return Path(text).expanduser().absolute() if text else None
+    return Path(_text(key, value) or ".").expanduser().absolute()

@@ -39,7 +39,8 @@ class InventoryHost:
 
 
 class Inventory:
-    """The hosts of an inventory in inventory order, and Ansible's pattern matching on them."""
+    """The hosts of an inventory, in Ansible's order (``ansible all --list-hosts``), and
+    Ansible's pattern matching on them."""
 
     def __init__(self, source: str, manager: Any, hosts: list[InventoryHost]) -> None:
         self.source = source
@@ -58,8 +59,8 @@ class Inventory:
             if bare and not bare.startswith("@") and not self._manager.get_hosts(bare):
                 groups = sorted(set(self._manager.groups) - set(_IMPLICIT_GROUPS))
                 raise ConfigError(
-                    f"--limit: {bare!r} matches no host or group of {self.source}; groups: "
-                    + ", ".join(groups)
+                    f"limit {pattern!r}: {bare!r} matches no host or group of {self.source}; "
+                    f"groups: {', '.join(groups)}"
                 )
         self._manager.subset(pattern)
         try:
@@ -93,7 +94,7 @@ def read_inventory(source: str, keys: Sequence[str]) -> Inventory:
         for host in manager.get_hosts():
             merged = variables.get_vars(host=host, include_hostvars=False)
             templar = Templar(loader=loader, variables=merged)
-            hosts.append(_host(host, _Vars(host.name, merged, templar, AnsibleError), keys))
+            hosts.append(_host(host, _Vars(host.name, merged, templar), keys))
     except AnsibleError as error:
         raise ConfigError(f"deploy.inventory {source}: {error}") from None
     if not hosts:
@@ -107,16 +108,18 @@ def read_inventory(source: str, keys: Sequence[str]) -> Inventory:
 class _Vars:
     """One host's merged variables, templated on reading, as plain Python values."""
 
-    def __init__(self, host: str, merged: dict[str, Any], templar: Any, error: type) -> None:
-        self.host, self._merged, self._templar, self._error = host, merged, templar, error
+    def __init__(self, host: str, merged: dict[str, Any], templar: Any) -> None:
+        self.host, self._merged, self._templar = host, merged, templar
 
     def get(self, *names: str) -> Any:
         """The first of ``names`` that is set (later names are Ansible's older spellings)."""
+        from ansible.errors import AnsibleError
+
         for name in names:
             if self._merged.get(name) is not None:
                 try:
                     return _plain(self._templar.template(self._merged[name]))
-                except self._error as error:
+                except AnsibleError as error:
                     raise ConfigError(f"inventory host {self.host}: {name}: {error}") from None
         return None
 
@@ -181,7 +184,7 @@ def match_pattern(pattern: str, hosts: Sequence[tuple[str, Sequence[str]]]) -> l
         if not matched:
             roles = sorted({role for _, rs in hosts for role in rs})
             raise ConfigError(
-                f"--limit: {bare!r} matches no host or role; hosts: {', '.join(names)}"
+                f"limit {pattern!r}: {bare!r} matches no host or role; hosts: {', '.join(names)}"
                 + (f"; roles: {', '.join(roles)}" if roles else "")
             )
         if operator == "!":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from invoke import Config
 
-from deploytools.config import DEFAULTS, Target, load_settings, with_targets
+from deploytools.config import DEFAULTS, Target, load_settings, migrations_folder, with_targets
 from deploytools.exceptions import ConfigError
 from deploytools.tasks import ns
 
@@ -116,6 +116,19 @@ def test_hosts_flag_names_configured_hosts_and_keeps_their_values():
         load_settings(config, "a,d,e")
     with pytest.raises(ConfigError, match="at least one host"):
         load_settings(config, " , ")
+
+
+def test_the_migrations_folder_needs_no_hosts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert migrations_folder({}) == tmp_path / "migrations"
+    config = {
+        "deploy": {"repo": str(tmp_path / "app"), "stages": {"p": {"datamig": {"path": "db/m"}}}},
+        "datamig": {"path": "data"},
+    }
+    assert migrations_folder(config) == tmp_path / "app" / "data"
+    assert migrations_folder(config, stage="p") == tmp_path / "app" / "db" / "m"
+    with pytest.raises(ConfigError, match=r"did you mean datamig\.path"):
+        migrations_folder({"datamig": {"paht": "x"}})
 
 
 def test_with_targets_moves_the_migration_host_into_the_targets():
