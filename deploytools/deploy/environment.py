@@ -24,8 +24,10 @@ from .state import HostProgress, Step
 _WHEEL_DIR_FLAGS = ("--find-links", "-f")
 
 
-def wheel_dirs(install_args: Sequence[str]) -> tuple[str, ...]:
-    """Directories named by ``--find-links DIR`` / ``-f DIR`` / ``--find-links=DIR``."""
+def wheel_dirs(install_args: Sequence[str], *, inside_release: bool = False) -> tuple[str, ...]:
+    """Directories named by ``--find-links DIR`` / ``-f DIR`` / ``--find-links=DIR``: the
+    absolute ones (on the host, digested in preflight), or with ``inside_release`` the
+    relative ones (the installer runs in the release: their files are in its manifest)."""
     found: list[str] = []
     args = list(install_args)
     for index, arg in enumerate(args):
@@ -34,9 +36,19 @@ def wheel_dirs(install_args: Sequence[str]) -> tuple[str, ...]:
             value = args[index + 1]
         elif arg.startswith("--find-links="):
             value = arg.split("=", 1)[1]
-        if value and "://" not in value:
-            found.append(value)
+        if value and "://" not in value and value.startswith("/") != inside_release:
+            found.append(value.rstrip("/"))
     return tuple(found)
+
+
+def _release_wheels(release: Release, install_args: Sequence[str]) -> dict[str, str]:
+    """The sha256 of every file under the release's own wheel directories."""
+    prefixes = [d.removeprefix("./") + "/" for d in wheel_dirs(install_args, inside_release=True)]
+    return {
+        path: entry.sha256
+        for path, entry in sorted(release.entries.items())
+        if any(path.startswith(prefix) for prefix in prefixes)
+    }
 
 
 def plan(host: HostProgress, settings: Settings, release: Release) -> EnvironmentPlan:
@@ -63,6 +75,7 @@ def plan(host: HostProgress, settings: Settings, release: Release) -> Environmen
                 "installer": installer,
                 "install_args": list(settings.install_args),
                 "wheels": state.wheels,
+                "release_wheels": _release_wheels(release, settings.install_args),
             },
             sort_keys=True,
         ).encode()

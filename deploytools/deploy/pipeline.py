@@ -484,10 +484,10 @@ class Deploy:
         self.reporter.phase("rollback", "switching every host back")
         switched = [h.name for h in self.hosts.values() if h.reached >= Step.SWITCHED]
         problems |= self._on_each("switch back", self._put_back, switched)
-        restarted = [
+        restarted = [  # where the new code was (maybe) started, the old code starts again
             h.name
             for h in self.hosts.values()
-            if h.reached >= Step.RESTARTED and h.name not in problems
+            if h.reached >= Step.RESTARTED and h.previous and h.name not in problems
         ]
         if restarted:
             self.reporter.phase("restart", "the previous release, where it had restarted")

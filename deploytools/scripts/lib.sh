@@ -277,10 +277,11 @@ build_env() {
     fail 1 "cannot link .venv into $partial"
 }
 activate() {
-  # the release's environment first on PATH, and shared/.env (not overriding what is set)
-  if [ -x .venv/bin/python ]; then
-    VIRTUAL_ENV=$(cd .venv && pwd -P); PATH="$VIRTUAL_ENV/bin:$PATH"; export VIRTUAL_ENV PATH
-  fi
+  # the release's environment first on PATH, shared/.env (not overriding what is set), and
+  # where things are: DEPLOY_ROOT, DEPLOY_SHARED, DEPLOY_RELEASE (the id of this release)
+  activate_path_only
+  DEPLOY_ROOT=$abs; DEPLOY_SHARED=$abs/shared; DEPLOY_RELEASE=$(pwd -P); DEPLOY_RELEASE=${DEPLOY_RELEASE##*/}
+  export DEPLOY_ROOT DEPLOY_SHARED DEPLOY_RELEASE
   load_env_file "$abs/shared/.env"
 }
 load_env_file() {
