@@ -52,6 +52,13 @@ class Backend:
     def engine(self) -> sa.Engine:
         return ledger.create_engine(self.database)
 
+    @property
+    def display(self) -> str:
+        """How the runner names this ledger: the SQLite file, or the URL (no password here)."""
+        if self.database_url:
+            return self.database_url
+        return str(self.root.resolve() / "shared" / "datamig.sqlite3")
+
     def cli_args(self) -> list[str]:
         if self.database_url:
             return ["--database-url", self.database_url]
@@ -194,7 +201,18 @@ def test_apply_runs_everything_in_version_order_then_nothing(backend, release):
     # The second apply, as the deploy runs it: over the command line, JSON, exit 0.
     second = cli("apply", "--json", *backend.cli_args(), cwd=release)
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout) == {"applied": [], "failed": None, "pending_before": 0}
+    answer = json.loads(second.stdout)
+    assert answer == {
+        "protocol": 2,
+        "applied": [],
+        "failed": None,
+        "pending_before": 0,
+        "phase": None,
+        "ledger": backend.display,
+        "ledger_id": result["ledger_id"],
+        "warnings": [],
+    }
+    assert len(result["ledger_id"]) == 32 and result["protocol"] == 2
     assert backend.query("SELECT COUNT(*) FROM calls") == [(3,)]
     assert not list(release.rglob("__pycache__")), "bytecode was written into the release"
 
@@ -278,7 +296,9 @@ def test_bad_files_exit_2_before_any_migration_runs(case, tmp_path, release):
     answer = cli("apply", "--json", "--root", str(root), cwd=release)
 
     assert answer.returncode == 2, answer.stderr
-    assert answer.stdout == ""
+    error = json.loads(answer.stdout)  # the error answer: one object, no result fields
+    assert error["protocol"] == 2 and error["exit_code"] == 2
+    assert filename in error["error"] and "applied" not in error
     assert filename in answer.stderr
     if case == "duplicate version":
         assert "202001010001_also_good.py" in answer.stderr
@@ -351,7 +371,12 @@ def test_status_is_read_only_and_lists_everything_pending(backend, release):
         "duration_ms": None,
         "release": None,
         "error": None,
+        "progress": None,
+        "phase": "after_switch",
+        "in_release": True,
     }
+    assert data["protocol"] == 2 and data["ledger"] == backend.display
+    assert data["ledger_id"] is None and data["warnings"] == []
     if backend.kind == "sqlite":
         assert list((backend.root / "shared").iterdir()) == [], "status created a file"
     else:
@@ -391,7 +416,9 @@ def test_dry_run_lists_pending_and_runs_imports_and_writes_nothing(backend, rele
     assert answer.returncode == 0, answer.stderr
     data = json.loads(answer.stdout)
     assert data["applied"] == [] and data["pending_before"] == 1
-    assert data["would_apply"] == [{"version": "202001010000", "name": "x"}]
+    assert data["would_apply"] == [
+        {"version": "202001010000", "name": "x", "phase": "after_switch"}
+    ]
     assert not marker.exists()
     if backend.kind == "sqlite":
         assert list((backend.root / "shared").iterdir()) == []
@@ -497,7 +524,9 @@ def test_a_held_lock_fails_with_exit_3_naming_the_holder(backend, release):
         lock.release()
         engine.dispose()
     assert answer.returncode == 3, answer.stderr
-    assert answer.stdout == ""
+    error = json.loads(answer.stdout)
+    assert error["exit_code"] == 3 and error["ledger"] == backend.display
+    assert f"pid={os.getpid()}" in error["error"]
     assert f"host={socket.gethostname()}" in answer.stderr
     assert f"pid={os.getpid()}" in answer.stderr
     assert "--lock-timeout" in answer.stderr
@@ -553,7 +582,14 @@ def test_revert_a_release_newest_first(backend, release):
     ]
 
     nothing = runner.revert(backend.settings(folder), release="R-unknown")
-    assert nothing.to_json() == {"reverted": [], "failed": None, "not_revertible": []}
+    assert nothing.to_json() == {
+        "reverted": [],
+        "failed": None,
+        "not_revertible": [],
+        "ledger": backend.display,
+        "ledger_id": data["ledger_id"],
+        "warnings": [],
+    }
 
 
 def test_revert_refuses_an_irreversible_target_unless_skipped(backend, release):

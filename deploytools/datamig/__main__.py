@@ -1,34 +1,47 @@
-"""``python -m deploytools.datamig status|apply|revert``: the command line of the runner.
+"""``python -m deploytools.datamig status|check|apply|revert``: the runner's command line.
 
 A thin shell: parse flags, load the env file, call :mod:`deploytools.datamig.runner`, print the
-result (a rich table for people, one JSON object with ``--json``) and map exceptions to the exit
-codes of DESIGN §6 in :func:`exit_code_for`. Everything printed or logged goes through
-:func:`deploytools.redact.redact`, migrations' own output included.
+answer and map exceptions to the exit codes of DESIGN §6 in :func:`exit_code_for` (0 ok,
+1 failed, 2 bad files/config/arguments, 3 lock held).
 
-With ``--json`` stdout carries exactly one JSON object: while migrations run, file descriptor 1
-points at stderr, so even a subprocess a migration starts cannot write to the real stdout.
+Streams: everything the runner logs and everything migrations print (subprocesses included)
+goes to stderr as it happens, line by line, secrets masked (:mod:`.streams`). Stdout carries
+only the answer: a table for people, or with ``--json`` exactly one JSON object, always with
+``"protocol"``; when the command fails that object also has ``"error"`` (masked) and
+``"exit_code"``, so a client can tell "the runner answered with an error" from "no answer".
+A client that went away (EPIPE, SIGHUP) does not change the outcome; SIGTERM and SIGINT stop
+the run cleanly (:mod:`.interrupts`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
+import math
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from deploytools.datamig.envfile import load_env_file
+from deploytools.datamig import PROTOCOL
+from deploytools.datamig.discovery import PHASES
+from deploytools.datamig.envfile import read_env_file, secret_values, url_password
+from deploytools.datamig.interrupts import interrupts
 from deploytools.datamig.render import console_for, format_duration, render_status
+from deploytools.datamig.results import StatusReport
+from deploytools.datamig.streams import (
+    OutputPump,
+    RedactingWriter,
+    SafeWriter,
+    configure_logging,
+    quiet_streams_at_exit,
+)
 from deploytools.exceptions import DeployToolsError, Interrupted, MigrationFailed, UsageError
 from deploytools.redact import redact, url_passwords
 
 PROG = "python -m deploytools.datamig"
+COMMANDS = ("status", "check", "apply", "revert")
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -43,18 +56,48 @@ def exit_code_for(error: BaseException) -> int:
 # --------------------------------------------------------------------------- arguments
 
 
-def _seconds(value: str) -> float:
+def _number(value: str, flag: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError("the lock timeout cannot be negative")
+        raise argparse.ArgumentTypeError(f"{flag}: {value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{flag}: {value!r} is not a number of seconds")
     return seconds
 
 
+def _lock_seconds(value: str) -> float:
+    seconds = _number(value, "--lock-timeout")
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(
+            f"--lock-timeout cannot be negative ({value}); 0 means do not wait"
+        )
+    return seconds
+
+
+def _positive_seconds(flag: str) -> Any:
+    def parse(value: str) -> float:
+        seconds = _number(value, flag)
+        if seconds <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be more than 0 seconds, not {value}")
+        return seconds
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a UsageError (exit 2, JSON answer with ``--json``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{PROG} {self._command()}--help`)")
+
+    def _command(self) -> str:
+        words = self.prog.split()
+        return f"{words[-1]} " if words[-1] in COMMANDS else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument(
         "--path", default="migrations", metavar="DIR", help="migrations folder (%(default)s)"
@@ -73,19 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--lock-timeout",
-        type=_seconds,
+        type=_lock_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="how long to wait for another runner (%(default)g)",
+        help="how long to wait for another runner (%(default)g; 0: do not wait)",
     )
     common.add_argument(
         "--dry-run", action="store_true", help="list what would run; run and write nothing"
     )
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Run-once data migrations with a ledger and a runner lock."
+    common.add_argument(
+        "--phase",
+        choices=PHASES,
+        help="apply: only pending migrations of this phase (default: every phase)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common.add_argument(
+        "--statement-timeout",
+        type=_positive_seconds("--statement-timeout"),
+        metavar="S",
+        help="PostgreSQL statement_timeout of ctx.db, in seconds",
+    )
+    common.add_argument(
+        "--pg-lock-timeout",
+        type=_positive_seconds("--pg-lock-timeout"),
+        metavar="S",
+        help="PostgreSQL lock_timeout of ctx.db, in seconds",
+    )
+    parser = _Parser(
+        prog=PROG,
+        description="Run-once data migrations with a ledger and a runner lock.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     commands.add_parser("status", parents=[common], help="show every migration's state (read-only)")
+    commands.add_parser(
+        "check",
+        parents=[common],
+        help="import pending migrations, connect to the ledger and Redis; apply nothing",
+    )
     commands.add_parser("apply", parents=[common], help="apply the pending migrations")
     revert = commands.add_parser(
         "revert",
@@ -106,99 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- output
 
 
-class RedactingWriter(io.TextIOBase):
-    """A text stream that masks passwords line by line before writing to ``target``."""
-
-    def __init__(self, target: TextIO, redactor: Callable[[str], str]) -> None:
-        self.target = target
-        self.redactor = redactor
-        self._pending = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        if "\n" in self._pending:
-            complete, _, self._pending = self._pending.rpartition("\n")
-            self.target.write(self.redactor(complete + "\n"))
-        return len(text)
-
-    def flush(self) -> None:
-        if self._pending:
-            self.target.write(self.redactor(self._pending))
-            self._pending = ""
-        self.target.flush()
-
-    def isatty(self) -> bool:
-        return self.target.isatty()
-
-    def fileno(self) -> int:
-        return self.target.fileno()
-
-
-@contextlib.contextmanager
-def migration_output(json_mode: bool, redactor: Callable[[str], str]) -> Iterator[None]:
-    """While migrations run: their stdout and stderr are redacted, and with ``--json`` their
-    stdout (file descriptor 1 too) goes to stderr, keeping stdout for the JSON object."""
-    real_stdout, real_stderr = sys.stdout, sys.stderr
-    real_stdout.flush()
-    saved_fd = None
-    if json_mode:
-        saved_fd = os.dup(1)
-        os.dup2(2, 1)
-    sys.stdout = RedactingWriter(real_stderr if json_mode else real_stdout, redactor)
-    sys.stderr = RedactingWriter(real_stderr, redactor)
-    try:
-        yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        sys.stdout, sys.stderr = real_stdout, real_stderr
-        if saved_fd is not None:
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
-
-
-class RedactingFormatter(logging.Formatter):
-    """Log lines in UTC, short logger names, passwords masked (tracebacks included)."""
-
-    converter = time.gmtime
-
-    def __init__(self, redactor: Callable[[str], str]) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(label)s %(message)s", "%H:%M:%SZ")
-        self.redactor = redactor
-
-    def format(self, record: logging.LogRecord) -> str:
-        name = record.name
-        if name.startswith("deploytools.datamig.migrations."):
-            record.label = f"[{name.rsplit('.', 1)[1]}]"
-        elif name.startswith("deploytools"):
-            record.label = "datamig:"
-        else:
-            record.label = f"{name}:"
-        return self.redactor(super().format(record))
-
-
-def configure_logging(redactor: Callable[[str], str]) -> logging.Handler:
-    """Logs to stderr: INFO from the runner and migrations, WARNING from everything else."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(redactor))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("deploytools").setLevel(logging.INFO)
-    return handler
-
-
 def render_apply(result: Any, out: TextIO) -> None:
     console = console_for(out)
     if result.dry_run:
         if not result.would_apply:
             console.print("dry run: nothing to apply", markup=False)
         for migration in result.would_apply:
-            console.print(f"would apply {migration.version} {migration.name}", markup=False)
+            console.print(
+                f"would apply {migration.version} {migration.name} ({migration.phase})",
+                markup=False,
+            )
         return
     for done in result.applied:
         console.print(
@@ -215,6 +201,8 @@ def render_apply(result: Any, out: TextIO) -> None:
         not_run = result.pending_before - len(result.applied) - 1
         if not_run:
             console.print(f"{not_run} later migration(s) not run", markup=False)
+    elif result.interrupted:
+        console.print(f"interrupted by {result.interrupted}", style="bold red", markup=False)
     elif not result.applied:
         console.print("nothing to apply", markup=False)
 
@@ -242,42 +230,32 @@ def render_revert(result: Any, out: TextIO) -> None:
         console.print("nothing to revert", markup=False)
 
 
+def render_check(report: Any, out: TextIO) -> None:
+    console = console_for(out)
+    console.print(
+        f"ledger {report.ledger} (id {report.ledger_id or 'not created yet'}): "
+        f"{report.applied} applied",
+        markup=False,
+    )
+    for migration in report.pending:
+        console.print(
+            f"pending {migration.version} {migration.name} ({migration.phase}): imports",
+            markup=False,
+        )
+    if not report.pending:
+        console.print("nothing pending", markup=False)
+    console.print("check passed", style="green", markup=False)
+
+
+RENDERERS = {
+    "status": render_status,
+    "check": render_check,
+    "apply": render_apply,
+    "revert": render_revert,
+}
+
+
 # --------------------------------------------------------------------------- main
-
-
-def _run(args: argparse.Namespace, secrets: list[str]) -> tuple[Any, bool]:
-    """Run the command; returns (result, succeeded)."""
-    from deploytools.datamig import runner
-
-    if args.env_file:
-        load_env_file(Path(args.env_file))
-    secrets[:] = url_passwords(
-        args.database_url, os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    )
-    if args.command == "revert" and (args.version is None) == (args.release is None):
-        raise UsageError("revert needs exactly one of VERSION or --release ID")
-    settings = runner.Settings.from_environ(
-        path=Path(args.path),
-        root=Path(args.root) if args.root else None,
-        database_url=args.database_url,
-        release=(args.release or release_here()) if args.command == "apply" else None,
-        lock_timeout=args.lock_timeout,
-        dry_run=args.dry_run,
-    )
-    redactor = _redactor(secrets)
-    if args.command == "status":
-        return runner.status(settings), True
-    with migration_output(args.json, redactor):
-        if args.command == "apply":
-            result = runner.apply(settings)
-        else:
-            result = runner.revert(
-                settings,
-                args.version,
-                release=args.release,
-                skip_irreversible=args.skip_irreversible,
-            )
-    return result, result.ok
 
 
 def release_here() -> str | None:
@@ -289,44 +267,133 @@ def release_here() -> str | None:
         return None
 
 
-def _redactor(secrets: list[str]) -> Callable[[str], str]:
-    return lambda text: redact(text, secrets)
+def collect_secrets(database_url: str | None, *environments: dict[str, str]) -> list[str]:
+    """Every value to mask: URL passwords and the values of secret-looking variables, from the
+    environment and the env file (also its values the environment overrides)."""
+    found = set(url_passwords(database_url) + (url_password(database_url) if database_url else []))
+    for environ in environments:
+        found.update(secret_values(environ))
+    return sorted(found)
+
+
+def _run(args: argparse.Namespace, secrets: list[str]) -> Any:
+    """Run the command; returns its result object."""
+    from deploytools.datamig import runner
+
+    file_vars = read_env_file(Path(args.env_file)) if args.env_file else {}
+    for key, value in file_vars.items():
+        os.environ.setdefault(key, value)
+    secrets[:] = collect_secrets(args.database_url, dict(os.environ), file_vars)
+    if args.command == "revert" and (args.version is None) == (args.release is None):
+        raise UsageError("revert needs exactly one of VERSION or --release ID")
+    settings = runner.Settings.from_environ(
+        path=Path(args.path),
+        root=Path(args.root) if args.root else None,
+        database_url=args.database_url,
+        release=(args.release or release_here()) if args.command == "apply" else None,
+        lock_timeout=args.lock_timeout,
+        dry_run=args.dry_run,
+        phase=args.phase,
+        statement_timeout=args.statement_timeout,
+        pg_lock_timeout=args.pg_lock_timeout,
+        extra_secrets=list(secrets),
+    )
+    if args.command == "status":
+        return runner.status(settings)
+    if args.command == "check":
+        return runner.check(settings)
+    if args.command == "apply":
+        return runner.apply(settings)
+    return runner.revert(
+        settings, args.version, release=args.release, skip_irreversible=args.skip_irreversible
+    )
+
+
+def _error_message(error: BaseException) -> str:
+    if isinstance(error, DeployToolsError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        what = str(error) if str(error).startswith("interrupted") else "interrupted"
+        return f"{what}; no migration was running"
+    logging.getLogger("deploytools.datamig").error(
+        "unexpected error", exc_info=(type(error), error, error.__traceback__)
+    )
+    return f"unexpected {type(error).__name__}: {error}"
+
+
+def answer(
+    command: str, result: Any, error: str | None, exit_code: int, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The one JSON object of ``--json``: the result (if any), what the error knew (e.g. the
+    ledger), and ``error``/``exit_code`` when the command failed."""
+    data: dict[str, Any] = {"protocol": PROTOCOL}
+    if result is not None:
+        data.update(result.to_json())
+    for key, value in fields.items():
+        data.setdefault(key, value)
+    if error is not None:
+        data["error"] = error
+        data["exit_code"] = exit_code
+    return data
+
+
+def redact_data(data: Any, redactor: Any) -> Any:
+    """``data`` with every string masked, before it is encoded (JSON escapes would hide a
+    secret holding a quote or a backslash from masking afterwards)."""
+    if isinstance(data, str):
+        return redactor(data)
+    if isinstance(data, dict):
+        return {key: redact_data(value, redactor) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_data(value, redactor) for value in data]
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     # Migrations and what they import come from the release: keep __pycache__ out of it.
     sys.dont_write_bytecode = True
-    args = build_parser().parse_args(argv)
-    secrets: list[str] = url_passwords(
-        args.database_url, os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    )
-    redactor = _redactor(secrets)
-    configure_logging(redactor)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    secrets: list[str] = []
+
+    def redactor(text: str) -> str:
+        return redact(text, secrets)
+
+    json_mode = "--json" in argv
+    command = next((word for word in argv if word in COMMANDS), "")
+    result, error_text, code, fields = None, None, 0, {}
+    pump = OutputPump(redactor)
     try:
-        result, ok = _run(args, secrets)
+        args = build_parser().parse_args(argv)
+        secrets[:] = collect_secrets(args.database_url, dict(os.environ))
+        interrupts.install()
+        pump.start()
+        configure_logging()
+        result = _run(args, secrets)
+        if not getattr(result, "ok", True):
+            code = MigrationFailed.exit_code
+            error_text = result.error_message("reverting" if command == "revert" else "applying")
+    except SystemExit:
+        raise  # --help
     except BaseException as error:
-        if isinstance(error, SystemExit):
-            raise
-        if isinstance(error, DeployToolsError):
-            message = str(error)
-        elif isinstance(error, KeyboardInterrupt):
-            message = "interrupted; the migration that was running was rolled back"
-        else:
-            logging.getLogger("deploytools.datamig").error(
-                "unexpected error", exc_info=(type(error), error, error.__traceback__)
-            )
-            message = f"unexpected {type(error).__name__}: {error}"
-        print(redactor(f"datamig: error: {message}"), file=sys.stderr)
-        return exit_code_for(error)
-    if args.json:
-        print(redactor(json.dumps(result.to_json())), flush=True)
-    else:
-        renderer = {"status": render_status, "apply": render_apply, "revert": render_revert}
-        out = RedactingWriter(sys.stdout, redactor)
-        renderer[args.command](result, out)
-        out.flush()
-    return 0 if ok else MigrationFailed.exit_code
+        code = exit_code_for(error)
+        error_text = _error_message(error)
+        fields = getattr(error, "fields", {})
+        print(redactor(f"datamig: error: {error_text}"), file=sys.stderr, flush=True)
+    finally:
+        pump.stop()
+    out = RedactingWriter(SafeWriter(1), redactor)
+    if json_mode:
+        data = redact_data(answer(command, result, error_text, code, fields), redactor)
+        out.write(json.dumps(data) + "\n")
+    elif command == "status" and result is not None:
+        # masked before the table wraps long cells (a secret cut in two would escape masking)
+        render_status(StatusReport.from_json(redact_data(result.to_json(), redactor)), out)
+    elif result is not None:
+        RENDERERS[command](result, out)
+    out.flush()
+    quiet_streams_at_exit()
+    return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ file names; they sort after padding 12-digit versions with ``00`` seconds, and t
 same padded version are duplicates. Any other ``.py`` file in the folder (``__init__.py`` aside) is
 malformed, so a typo never silently skips a migration.
 
+A module may set ``phase = "before_switch" | "after_switch" | "after_restart"`` at top level (a
+string literal; default ``after_switch``). The phase is read from the source without importing
+it, so ``status`` and ``apply --dry-run`` know it too.
+
 This module imports nothing outside the standard library (and ``deploytools.exceptions``): the
 deploy side calls :func:`check_migration_names` on the developer's machine, against the names in
 a build archive, before anything is uploaded.
@@ -31,6 +35,8 @@ SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 FILE_NAME = re.compile(rf"(?P<version>\d{{12}}|\d{{14}})_(?P<name>{SNAKE_CASE.pattern})\.py")
 EXAMPLE = "202002111319_migrate_flags_to_redis.py"
 IGNORED = frozenset({"__init__.py"})
+PHASES = ("before_switch", "after_switch", "after_restart")
+DEFAULT_PHASE = "after_switch"
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,9 @@ class MigrationFile:
     filename: str
     path: Path | None = None
     checksum: str | None = None
+    #: the top-level ``phase`` literal as written (``after_switch`` when absent); None when it
+    #: is not a string literal or the file was not read. :func:`check_phase` validates it.
+    phase: str | None = None
 
     @property
     def sort_key(self) -> str:
@@ -109,6 +118,46 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def source_phase(source: bytes) -> str | None:
+    """The top-level ``phase = "..."`` of a module's source, without importing it.
+
+    ``after_switch`` when the module assigns no ``phase``; None when the value is not a string
+    literal. Only sources with a line starting with ``phase`` are parsed, so reading the phase
+    of thousands of files stays cheap.
+    """
+    if not (source.startswith(b"phase") or b"\nphase" in source):
+        return DEFAULT_PHASE
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    phase: str | None = DEFAULT_PHASE
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "phase" for t in targets):
+            literal = isinstance(value, ast.Constant) and isinstance(value.value, str)
+            phase = value.value if literal else None  # type: ignore[union-attr]
+    return phase
+
+
+def check_phase(migration: MigrationFile, phase: object = ...) -> str:
+    """The migration's phase (``phase``, else the one read from its source), validated:
+    MigrationFileError naming the file and the allowed values otherwise."""
+    value = migration.phase if phase is ... else phase
+    if value not in PHASES:
+        raise MigrationFileError(
+            f"migration {migration.filename} sets phase = {value!r}: it must be one of "
+            f"{', '.join(repr(p) for p in PHASES)} (a string literal at the top of the module); "
+            f"without it the migration runs {DEFAULT_PHASE}"
+        )
+    return str(value)
+
+
 def discover(path: Path) -> list[MigrationFile]:
     """The migrations in folder ``path``, validated, checksummed and in version order.
 
@@ -130,7 +179,7 @@ def discover(path: Path) -> list[MigrationFile]:
         migration = parse_name(entry.name)
         file_path = path.absolute() / entry.name
         try:
-            checksum = sha256_file(file_path)
+            source = file_path.read_bytes()
         except OSError as error:
             raise MigrationFileError(f"cannot read migration {file_path}: {error}") from None
         files.append(
@@ -139,7 +188,8 @@ def discover(path: Path) -> list[MigrationFile]:
                 name=migration.name,
                 filename=entry.name,
                 path=file_path,
-                checksum=checksum,
+                checksum=hashlib.sha256(source).hexdigest(),
+                phase=source_phase(source),
             )
         )
     return _sorted_unique(files)
@@ -155,8 +205,8 @@ def load_module(migration: MigrationFile) -> ModuleType:
 
     The source is compiled in memory (never through ``__pycache__``), and bytecode writing is off
     while the module body runs, so modules it imports from the release stay uncached too. Any
-    error while importing, or a module without a callable ``run``, is a MigrationFileError naming
-    the file.
+    error while importing, a module without a callable ``run``, or a ``phase`` that is not one
+    of :data:`PHASES`, is a MigrationFileError naming the file.
     """
     if migration.path is None:
         raise MigrationFileError(f"{migration.filename}: no path to load it from")
@@ -180,7 +230,7 @@ def load_module(migration: MigrationFile) -> ModuleType:
     sys.dont_write_bytecode = True
     try:
         exec(code, module.__dict__)
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # sys.exit() while importing is a broken file too
         sys.modules.pop(name, None)
         lines = [
             frame.lineno
@@ -200,6 +250,11 @@ def load_module(migration: MigrationFile) -> ModuleType:
             f"migration {migration.filename} has no run(ctx) function; "
             "every migration must define run(ctx)"
         )
+    try:
+        check_phase(migration, getattr(module, "phase", DEFAULT_PHASE))
+    except MigrationFileError:
+        sys.modules.pop(name, None)
+        raise
     return module
 
 

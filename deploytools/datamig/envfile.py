@@ -3,16 +3,20 @@
 Production secrets (DATABASE_URL, REDIS_URL) live in the host's ``shared/.env``, not in the
 release. Variables already set win over the file, so an operator can override one value for a
 single run. A missing file is not an error: a host may keep everything in its real environment.
+
+:func:`secret_values` picks the values that must never be shown (keys that look secret, and
+passwords inside ``*_URL`` values), for the runner's masking of everything it prints or stores.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from deploytools.exceptions import UsageError
+from deploytools.redact import url_passwords
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOUBLE_QUOTED_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
@@ -70,21 +74,63 @@ def parse_env_file(text: str, source: str = "<env file>") -> dict[str, str]:
     return variables
 
 
-def load_env_file(path: Path, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set the file's variables in ``environ`` (default ``os.environ``) unless already set there.
-
-    Returns the variables that were set. A missing file sets nothing.
-    """
-    environ = os.environ if environ is None else environ
+def read_env_file(path: Path) -> dict[str, str]:
+    """Every variable of the file (``{}`` when it does not exist); UsageError if unreadable."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read the env file {path}: {error}") from None
+    return parse_env_file(text, str(path))
+
+
+def load_env_file(path: Path, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the file's variables in ``environ`` (default ``os.environ``) unless already set there.
+
+    Returns the variables that were set. A missing file sets nothing.
+    """
+    environ = os.environ if environ is None else environ
     loaded = {}
-    for key, value in parse_env_file(text, str(path)).items():
+    for key, value in read_env_file(path).items():
         if key not in environ:
             environ[key] = value
             loaded[key] = value
     return loaded
+
+
+_SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY", re.IGNORECASE)
+#: Shorter values are not masked as literals: masking "on" or "1" would mask everything.
+MIN_SECRET_LENGTH = 4
+_NOT_SECRETS = frozenset({"true", "false", "none", "null", "yes"})
+
+
+def url_password(value: str) -> list[str]:
+    """The password of a URL, also of one SQLAlchemy cannot parse (``scheme:/user:pw@host``):
+    the text between the first ``:`` of the user part and the last ``@``."""
+    found = url_passwords(value)
+    if found or "@" not in value:
+        return found
+    scheme, sep, rest = value.partition(":")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return []
+    userinfo = rest.lstrip("/").rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return [password] if password else []
+
+
+def secret_values(environ: Mapping[str, str]) -> list[str]:
+    """The values to mask wherever they appear: those of keys that look secret (``*PASSWORD*``,
+    ``*SECRET*``, ``*TOKEN*``, ``*KEY*``, any case) and the passwords inside ``*_URL`` values.
+    Values shorter than :data:`MIN_SECRET_LENGTH` characters (and booleans) are left out."""
+    secrets: set[str] = set()
+    for key, value in environ.items():
+        if not value:
+            continue
+        if key.upper().endswith("_URL") or key.upper() == "URL":
+            secrets.update(url_password(value))
+        if _SECRET_KEY.search(key):
+            secrets.add(value)
+    return sorted(
+        s for s in secrets if len(s) >= MIN_SECRET_LENGTH and s.lower() not in _NOT_SECRETS
+    )

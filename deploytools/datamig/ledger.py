@@ -1,12 +1,17 @@
 """The ledger: which migrations ran, when, from which release, and every attempt's outcome.
 
-Two tables, SQLAlchemy 2 Core, on PostgreSQL (``DATABASE_URL``) or on the embedded SQLite file
+Four tables, SQLAlchemy 2 Core, on PostgreSQL (``DATABASE_URL``) or on the embedded SQLite file
 ``<root>/shared/datamig.sqlite3``:
 
-- ``data_migrations``: one row per applied migration. It is written in the migration's own
-  transaction, so the migration's database changes and its "applied" mark commit together or
-  not at all.
-- ``data_migration_attempts``: history of every apply, failure and revert, with the error text.
+- ``data_migrations``: exactly the applied migrations, one row each. A row is written in the
+  migration's own (last) transaction, so the migration's database changes and its "applied"
+  mark commit together or not at all.
+- ``data_migration_attempts``: every apply and revert attempt. A ``running`` row is committed
+  before the migration starts and settled (``applied``, ``failed``, ``reverted``) when it ends;
+  one still ``running`` when no runner holds the lock was killed (``interrupted``).
+- ``data_migration_checkpoints``: where a batched migration (``ctx.batches``) got to: its last
+  key and rows done, committed together with each batch's writes.
+- ``data_migration_ledger``: one random id, the ledger's identity, created with the tables.
 
 Times are stored and returned as timezone-aware UTC. Rows are keyed by the padded version
 (:func:`~deploytools.datamig.discovery.pad_version`), the identity of a migration.
@@ -17,7 +22,8 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,17 @@ from deploytools.exceptions import UsageError
 from deploytools.redact import display_url
 
 SQLITE_FILE = "datamig.sqlite3"
-APPLIED, FAILED, REVERTED = "applied", "failed", "reverted"
+#: Attempt statuses. ``running`` rows are committed before a migration starts.
+APPLIED, FAILED, REVERTED, RUNNING, INTERRUPTED = (
+    "applied",
+    "failed",
+    "reverted",
+    "running",
+    "interrupted",
+)
+#: ``application_name`` of ``ctx.db``'s session on PostgreSQL.
+MIGRATION_APPLICATION_NAME = "deploytools-datamig"
+URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -77,13 +93,40 @@ data_migration_attempts = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("version", sa.String(14), nullable=False, index=True),
     sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # applied | failed | reverted
+    # running | applied | failed | reverted | interrupted
+    sa.Column("status", sa.String(16), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("release", sa.String(255), nullable=True),
     sa.Column("host", sa.String(255), nullable=False),
 )
+
+data_migration_checkpoints = sa.Table(
+    "data_migration_checkpoints",
+    metadata,
+    sa.Column("version", sa.String(14), primary_key=True),
+    # the n-th ctx.batches() call of the migration (0 for the first), so one migration may
+    # walk several queries
+    sa.Column("walk", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("last_key", sa.Text, nullable=False),  # JSON list
+    sa.Column("rows_done", sa.BigInteger, nullable=False),
+    sa.Column("rows_total", sa.BigInteger, nullable=True),
+    sa.Column("eta_s", sa.Float, nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("release", sa.String(255), nullable=True),
+)
+
+data_migration_ledger = sa.Table(
+    "data_migration_ledger",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+#: The tables a ledger needs before anything can be read from it.
+CORE_TABLES = (data_migrations, data_migration_attempts)
 
 
 def utcnow() -> datetime:
@@ -114,7 +157,9 @@ class LedgerDatabase:
 
     @property
     def display(self) -> str:
-        """The URL without its password, for messages."""
+        """For people: the SQLite file, or the URL without its password."""
+        if self.sqlite_path is not None:
+            return str(self.sqlite_path)
         return display_url(self.url)
 
 
@@ -127,17 +172,29 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _scheme(url: str) -> str:
+    """The part before the first ``:``, for messages about a URL that must not be echoed."""
+    scheme = url.partition(":")[0]
+    return scheme if scheme.replace("+", "").isalnum() else "?"
+
+
 def ledger_database(database_url: str | None, root: Path | None) -> LedgerDatabase:
-    """The ledger for ``database_url`` (PostgreSQL or ``sqlite:///FILE``), else the embedded
-    SQLite file under ``root``; with neither, a UsageError that says how to configure one."""
+    """The ledger for ``database_url`` (PostgreSQL or ``sqlite:////ABSOLUTE/FILE``), else the
+    embedded SQLite file under ``root``; with neither, a UsageError that says how to configure
+    one. Messages never echo a URL that could not be parsed: its password could not be masked.
+    """
     if database_url:
         url = normalize_url(database_url.strip())
+        if "://" not in url:
+            raise UsageError(
+                f"DATABASE_URL (scheme {_scheme(url)!r}) is not a URL SQLAlchemy can use: the "
+                f"scheme must be followed by '://' (two slashes), as in {URL_EXAMPLE}"
+            )
         try:
             parsed = make_url(url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise UsageError(
-                f"DATABASE_URL {display_url(url)!r} is not a database URL; expected "
-                "postgresql+psycopg://user:password@host:5432/dbname"
+                f"DATABASE_URL {display_url(url)!r} is not a database URL; expected {URL_EXAMPLE}"
             ) from None
         backend = parsed.get_backend_name()
         if backend == "postgresql":
@@ -145,7 +202,13 @@ def ledger_database(database_url: str | None, root: Path | None) -> LedgerDataba
         if backend == "sqlite":
             if parsed.database in (None, "", ":memory:"):
                 raise UsageError("a SQLite ledger needs a file: sqlite:////path/to/ledger.sqlite3")
-            return LedgerDatabase(url, Path(parsed.database).absolute())
+            if not Path(parsed.database).is_absolute():
+                raise UsageError(
+                    f"the SQLite ledger path {parsed.database!r} is relative: it would put the "
+                    "ledger inside the release. Use an absolute path: "
+                    "sqlite:////srv/app/shared/ledger.db (four slashes)"
+                )
+            return LedgerDatabase(url, Path(parsed.database))
         raise UsageError(
             f"the ledger database must be PostgreSQL or SQLite, not {backend!r} "
             f"({display_url(url)})"
@@ -167,7 +230,8 @@ def ledger_database(database_url: str | None, root: Path | None) -> LedgerDataba
 
 
 def application_name() -> str:
-    """Shown in ``pg_stat_activity``; the lock reports it to name the holder of the lock."""
+    """Shown in ``pg_stat_activity`` for the runner's lock session: the lock reports it to name
+    the holder of the lock. (``ctx.db``'s session is :data:`MIGRATION_APPLICATION_NAME`.)"""
     # PostgreSQL keeps 63 bytes: shorten the host name, never the pid.
     pid = f" pid={os.getpid()}"
     prefix = "deploytools-datamig host="
@@ -176,13 +240,16 @@ def application_name() -> str:
 
 def create_engine(database: LedgerDatabase) -> Engine:
     """An engine without a pool: the runner is short-lived, and a pooled session would keep
-    session-level state (such as an advisory lock) alive after ``close()``.
+    session-level state (such as an advisory lock) alive after ``close()``. Bound parameters
+    are never shown in errors (``hide_parameters``): they may hold anything a migration wrote.
 
     On SQLite, SQLAlchemy emits BEGIN itself so that DDL and SELECTs inside a migration are
     part of its transaction too (the sqlite3 module's legacy mode would autocommit them).
     """
     if database.is_sqlite:
-        engine = sa.create_engine(database.url, poolclass=NullPool, connect_args={"timeout": 30})
+        engine = sa.create_engine(
+            database.url, poolclass=NullPool, hide_parameters=True, connect_args={"timeout": 30}
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
@@ -196,19 +263,37 @@ def create_engine(database: LedgerDatabase) -> Engine:
     return sa.create_engine(
         database.url,
         poolclass=NullPool,
+        hide_parameters=True,
         connect_args={"application_name": application_name(), "connect_timeout": 10},
     )
 
 
+def existing_tables(conn: Connection) -> set[str]:
+    """The names of the ledger tables present (``status`` must not create any)."""
+    present = set(sa.inspect(conn).get_table_names())
+    return {table.name for table in metadata.sorted_tables if table.name in present}
+
+
 def tables_exist(conn: Connection) -> bool:
-    """Whether both ledger tables exist (``status`` must not create them)."""
-    inspector = sa.inspect(conn)
-    return all(inspector.has_table(table.name) for table in metadata.sorted_tables)
+    """Whether the ledger exists (its two core tables)."""
+    return {t.name for t in CORE_TABLES} <= existing_tables(conn)
 
 
-def create_tables(conn: Connection) -> None:
-    """Create the ledger tables that are missing; call it while holding the runner lock."""
+def create_tables(conn: Connection) -> str:
+    """Create the ledger tables that are missing, and its identity on first creation; call it
+    while holding the runner lock. Returns the ledger id."""
     metadata.create_all(conn, checkfirst=True)
+    found = ledger_id(conn)
+    if found is not None:
+        return found
+    new_id = uuid.uuid4().hex
+    conn.execute(sa.insert(data_migration_ledger).values(id=new_id, created_at=utcnow()))
+    return new_id
+
+
+def ledger_id(conn: Connection) -> str | None:
+    """The ledger's identity (a uuid4 hex), or None before it was created."""
+    return conn.execute(sa.select(data_migration_ledger.c.id).limit(1)).scalar()
 
 
 @dataclass(frozen=True)
@@ -244,6 +329,47 @@ class Attempt:
     host: str
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A ``data_migration_checkpoints`` row: how far one ``ctx.batches`` walk got."""
+
+    version: str
+    walk: int
+    name: str
+    last_key: str
+    rows_done: int
+    rows_total: int | None
+    eta_s: float | None
+    updated_at: datetime
+    release: str | None
+
+
+@dataclass
+class LedgerState:
+    """The ledger as read at one moment: applied rows, latest attempts and checkpoints by
+    padded version, and the identity (None while the ledger does not exist)."""
+
+    applied: dict[str, AppliedRow] = field(default_factory=dict)
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    checkpoints: dict[str, list[Checkpoint]] = field(default_factory=dict)
+    ledger_id: str | None = None
+
+
+def read_state(conn: Connection) -> LedgerState:
+    """Everything ``status``, ``check`` and ``apply`` need, in a few queries; an empty state
+    when the ledger does not exist (tables of an older runner may be missing: read what is
+    there)."""
+    present = existing_tables(conn)
+    if not {t.name for t in CORE_TABLES} <= present:
+        return LedgerState()
+    state = LedgerState(applied=applied_rows(conn), attempts=last_attempts(conn))
+    if data_migration_checkpoints.name in present:
+        state.checkpoints = checkpoints(conn)
+    if data_migration_ledger.name in present:
+        state.ledger_id = ledger_id(conn)
+    return state
+
+
 def applied_rows(conn: Connection) -> dict[str, AppliedRow]:
     """Applied migrations by padded version."""
     rows = conn.execute(sa.select(data_migrations)).mappings()
@@ -259,6 +385,18 @@ def last_attempts(conn: Connection) -> dict[str, Attempt]:
         sa.select(*(c for c in t.c if c.name != "id")).where(t.c.id.in_(latest)).order_by(t.c.id)
     ).mappings()
     return {pad_version(row["version"]): Attempt(**row) for row in rows}
+
+
+def checkpoints(conn: Connection, version: str | None = None) -> dict[str, list[Checkpoint]]:
+    """Checkpoints by padded version, each list in walk order."""
+    t = data_migration_checkpoints
+    query = sa.select(t).order_by(t.c.version, t.c.walk)
+    if version is not None:
+        query = query.where(t.c.version == version)
+    found: dict[str, list[Checkpoint]] = {}
+    for row in conn.execute(query).mappings():
+        found.setdefault(pad_version(row["version"]), []).append(Checkpoint(**row))
+    return found
 
 
 # The ledger's writes share the migration's connection, and in SQLAlchemy 2
@@ -280,8 +418,58 @@ def delete_applied(conn: Connection, version: str) -> None:
     )
 
 
-def insert_attempt(conn: Connection, attempt: Attempt) -> None:
-    conn.execute(
+def insert_attempt(conn: Connection, attempt: Attempt) -> int:
+    """Insert an attempt row; returns its id (to settle a ``running`` row later)."""
+    result = conn.execute(
         sa.insert(data_migration_attempts).values(**attempt.__dict__),
         execution_options=_WRITE_OPTIONS,
     )
+    return int(result.inserted_primary_key[0])
+
+
+def settle_attempt(conn: Connection, attempt_id: int, status: str, error: str | None) -> None:
+    """Give the ``running`` attempt ``attempt_id`` its outcome."""
+    t = data_migration_attempts
+    conn.execute(
+        sa.update(t)
+        .where(t.c.id == attempt_id)
+        .values(status=status, finished_at=utcnow(), error=error),
+        execution_options=_WRITE_OPTIONS,
+    )
+
+
+def settle_interrupted(conn: Connection) -> list[str]:
+    """Mark every ``running`` attempt as ``interrupted``; call it holding the runner lock (then
+    no runner can still be running them: they were killed). Returns their versions."""
+    t = data_migration_attempts
+    versions = list(conn.execute(sa.select(t.c.version).where(t.c.status == RUNNING)).scalars())
+    if versions:
+        conn.execute(
+            sa.update(t)
+            .where(t.c.status == RUNNING)
+            .values(
+                status=INTERRUPTED,
+                finished_at=utcnow(),
+                error="interrupted: the runner ended without recording a result (killed, or "
+                "its machine stopped); the migration's last transaction was rolled back",
+            )
+        )
+    return versions
+
+
+def save_checkpoint(conn: Connection, checkpoint: Checkpoint) -> None:
+    """Insert or update a walk's checkpoint, in the caller's transaction."""
+    t = data_migration_checkpoints
+    values = checkpoint.__dict__
+    where = (t.c.version == checkpoint.version) & (t.c.walk == checkpoint.walk)
+    updated = conn.execute(
+        sa.update(t).where(where).values(**values), execution_options=_WRITE_OPTIONS
+    )
+    if updated.rowcount == 0:
+        conn.execute(sa.insert(t).values(**values), execution_options=_WRITE_OPTIONS)
+
+
+def delete_checkpoints(conn: Connection, version: str) -> None:
+    """Forget a migration's checkpoints: it is applied (or reverted, to start afresh)."""
+    t = data_migration_checkpoints
+    conn.execute(sa.delete(t).where(t.c.version == version), execution_options=_WRITE_OPTIONS)

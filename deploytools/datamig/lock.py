@@ -5,9 +5,10 @@ PostgreSQL: a session-level advisory lock, held on a dedicated connection of an 
 ``flock`` on ``datamig.sqlite3.lock`` beside the database. Either way the lock belongs to the
 runner's process: if it dies, even by SIGKILL, the server or the kernel frees it at once.
 
-Both are taken by polling until the timeout, then fail with LockHeld naming the holder: for
-PostgreSQL from ``application_name`` (``deploytools-datamig host=H pid=P``), for SQLite from the
-host and pid the holder writes into the lock file.
+Both are taken by polling until the timeout (a SIGTERM ends the wait), then fail with LockHeld
+naming the holder: for PostgreSQL from ``application_name`` (``deploytools-datamig host=H
+pid=P``), for SQLite from the host and pid the holder writes into the lock file.
+:func:`runner_active` tells ``status`` whether a runner holds the lock, without taking it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from deploytools.datamig.interrupts import interrupts
 from deploytools.datamig.ledger import LedgerDatabase, this_host, utcnow
 from deploytools.exceptions import LockHeld
 
@@ -60,6 +62,7 @@ def _lock_held(what: str, holder: str | None, timeout: float) -> LockHeld:
 def _poll(try_once: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + max(timeout, 0.0)
     while True:
+        interrupts.check()
         if try_once():
             return True
         remaining = deadline - time.monotonic()
@@ -193,3 +196,24 @@ def runner_lock(database: LedgerDatabase, engine: Engine, timeout: float) -> Ite
         yield
     finally:
         lock.release()
+
+
+def runner_active(database: LedgerDatabase, engine: Engine) -> bool:
+    """Whether a runner holds the ledger's lock right now, found without taking it (PostgreSQL:
+    ``pg_locks``) or by a shared ``flock`` probe that is let go at once (SQLite; a missing lock
+    file means no runner). Creates nothing."""
+    if database.is_sqlite:
+        try:
+            fd = os.open(lock_file_path(database), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases the probe
+        return False
+    hi, lo = _key_halves(LOCK_KEY)
+    with engine.connect() as conn:
+        return conn.execute(_HOLDER_SQL, {"hi": hi, "lo": lo}).first() is not None

@@ -1,15 +1,18 @@
-"""``status``, ``apply`` and ``revert``: one plain function per command, settings first.
+"""``status``, ``check``, ``apply`` and ``revert``: one plain function per command, settings first.
 
 The order of work is what makes the runner safe to run from several places at once:
 
 1. read and validate the migration files (malformed names, duplicates: exit 2, nothing touched);
-2. take the runner lock (waiting up to ``lock_timeout``), create the ledger tables if missing;
+2. take the runner lock (waiting up to ``lock_timeout``), create the ledger tables if missing,
+   and mark attempts left ``running`` by a killed runner as ``interrupted``;
 3. read the ledger *under the lock*, so two runners never both see a migration as pending;
 4. import every pending module before running any (a broken module: exit 2, nothing ran);
-5. run each migration in its own transaction together with its ledger row; on the first error
-   roll it back, record the failed attempt in a separate transaction and stop.
+5. for each migration: commit a ``running`` attempt, run it in its own transaction, and write
+   its ledger row and settle the attempt in that same transaction; on the first failure (an
+   exception, ``sys.exit``/``os._exit``, SIGTERM/SIGINT) roll it back, record the failed
+   attempt apart and stop.
 
-``status`` and ``--dry-run`` take no lock, import no migration and write nothing.
+``status``, ``check`` and ``--dry-run`` take no lock, run nothing and write nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,22 +32,66 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from deploytools.datamig import ledger
-from deploytools.datamig.context import MigrationContext, RedisConnector, migration_logger
+from deploytools.datamig.batches import Walker
+from deploytools.datamig.context import (
+    MigrationConnection,
+    MigrationContext,
+    RedisConnector,
+    migration_logger,
+)
 from deploytools.datamig.discovery import (
+    PHASES,
     MigrationFile,
+    check_phase,
     defines_revert,
     discover,
     load_module,
     pad_version,
 )
-from deploytools.datamig.ledger import AppliedRow, Attempt, LedgerDatabase
-from deploytools.datamig.lock import runner_lock
-from deploytools.exceptions import MigrationFailed, UsageError
+from deploytools.datamig.interrupts import MigrationExited, RunnerInterrupted, interrupts
+from deploytools.datamig.ledger import AppliedRow, Attempt, LedgerDatabase, LedgerState
+from deploytools.datamig.lock import runner_active, runner_lock
+from deploytools.datamig.results import (
+    APPLIED,
+    CHANGED,
+    FAILED,
+    INTERRUPTED,
+    MISSING,
+    PENDING,
+    RUNNING,
+    ApplyResult,
+    CheckReport,
+    Done,
+    Failure,
+    MigrationStatus,
+    Progress,
+    RevertResult,
+    StatusReport,
+    parse_last_key,
+)
+from deploytools.exceptions import (
+    DeployToolsError,
+    MigrationFailed,
+    MigrationFileError,
+    UsageError,
+)
 from deploytools.redact import redact, url_passwords
+
+__all__ = [
+    "ApplyResult",
+    "CheckReport",
+    "MigrationStatus",
+    "RevertResult",
+    "Settings",
+    "StatusReport",
+    "apply",
+    "check",
+    "revert",
+    "status",
+]
 
 log = logging.getLogger("deploytools.datamig")
 
-APPLIED, PENDING, FAILED, CHANGED, MISSING = "applied", "pending", "failed", "changed", "missing"
 #: How much of a failure's traceback the ledger keeps (the end is where the error is).
 TRACEBACK_TAIL_CHARS = 4000
 ERROR_SUMMARY_CHARS = 1000
@@ -61,8 +107,16 @@ class Settings:
     database_url: str | None = None  # the ledger (and ctx.db) database; else SQLite under root
     redis_url: str | None = None  # ctx.redis; only needed by migrations that use it
     release: str | None = None  # recorded in the ledger by apply
-    lock_timeout: float = 60.0  # seconds to wait for another runner to finish
+    lock_timeout: float = 60.0  # seconds to wait for another runner to finish (0: do not wait)
     dry_run: bool = False  # list what would run; import, call and write nothing
+    phase: str | None = None  # apply only pending migrations of this phase (None: all)
+    statement_timeout: float | None = None  # PostgreSQL statement_timeout of ctx.db, seconds
+    pg_lock_timeout: float | None = None  # PostgreSQL lock_timeout of ctx.db, seconds
+    extra_secrets: list[str] = field(default_factory=list)  # literal values to mask (env file)
+
+    def __post_init__(self) -> None:
+        if self.phase is not None and self.phase not in PHASES:
+            raise UsageError(f"--phase must be one of {', '.join(PHASES)}, not {self.phase!r}")
 
     @classmethod
     def from_environ(cls, environ: Any = None, **values: Any) -> Settings:
@@ -75,186 +129,49 @@ class Settings:
         return cls(**values)
 
     def secrets(self) -> list[str]:
-        """The passwords to keep out of every message (see :func:`deploytools.redact.redact`)."""
-        return url_passwords(self.database_url, self.redis_url)
+        """The values to keep out of every message (see :func:`deploytools.redact.redact`)."""
+        return [*url_passwords(self.database_url, self.redis_url), *self.extra_secrets]
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets())
 
 
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class MigrationStatus:
-    """One line of ``status``."""
-
-    version: str
-    name: str
-    state: str
-    out_of_order: bool = False
-    applied_at: datetime | None = None
-    duration_ms: int | None = None
-    release: str | None = None
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "name": self.name,
-            "state": self.state,
-            "out_of_order": self.out_of_order,
-            "applied_at": _iso(self.applied_at),
-            "duration_ms": self.duration_ms,
-            "release": self.release,
-            "error": self.error,
-        }
-
-
-@dataclass
-class StatusReport:
-    """Every migration known to the files or the ledger, in version order."""
-
-    migrations: list[MigrationStatus]
-    ledger: str = ""  # where the ledger is, password-free, for people
-
-    @property
-    def pending(self) -> int:
-        """Migrations that ``apply`` would run (``failed`` ones are pending too)."""
-        return sum(m.state in (PENDING, FAILED) for m in self.migrations)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"migrations": [m.to_json() for m in self.migrations], "pending": self.pending}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], ledger: str = "") -> StatusReport:
-        """A report read back from ``status --json`` (e.g. a remote host's answer)."""
-        lines = []
-        for entry in data.get("migrations", []):
-            applied_at = entry.get("applied_at")
-            lines.append(
-                MigrationStatus(
-                    version=entry["version"],
-                    name=entry["name"],
-                    state=entry["state"],
-                    out_of_order=bool(entry.get("out_of_order")),
-                    applied_at=datetime.fromisoformat(applied_at) if applied_at else None,
-                    duration_ms=entry.get("duration_ms"),
-                    release=entry.get("release"),
-                    error=entry.get("error"),
-                )
-            )
-        return cls(lines, ledger=ledger)
-
-
-@dataclass
-class Done:
-    """A migration applied or reverted in this run."""
-
-    version: str
-    name: str
-    duration_ms: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "name": self.name, "duration_ms": self.duration_ms}
-
-
-@dataclass
-class Failure:
-    """The migration that raised: ``error`` is ``Type: message``; ``detail`` adds the traceback
-    tail (as recorded in the ledger)."""
-
-    version: str
-    name: str
-    error: str
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "name": self.name, "error": self.error}
-
-
-def _ref(migration: MigrationFile | AppliedRow) -> dict[str, str]:
-    return {"version": migration.version, "name": migration.name}
-
-
-@dataclass
-class ApplyResult:
-    """What ``apply`` did; with ``dry_run``, ``would_apply`` lists what it would have run."""
-
-    applied: list[Done] = field(default_factory=list)
-    failed: Failure | None = None
-    pending_before: int = 0
-    dry_run: bool = False
-    would_apply: list[MigrationFile] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed is None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "applied": [done.to_json() for done in self.applied],
-            "failed": self.failed.to_json() if self.failed else None,
-            "pending_before": self.pending_before,
-        }
-        if self.dry_run:
-            data["dry_run"] = True
-            data["would_apply"] = [_ref(m) for m in self.would_apply]
-        return data
-
-
-@dataclass
-class RevertResult:
-    """What ``revert`` did; ``not_revertible`` are targets without ``revert`` or without a file."""
-
-    reverted: list[Done] = field(default_factory=list)
-    failed: Failure | None = None
-    not_revertible: list[AppliedRow] = field(default_factory=list)
-    dry_run: bool = False
-    would_revert: list[AppliedRow] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed is None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "reverted": [done.to_json() for done in self.reverted],
-            "failed": self.failed.to_json() if self.failed else None,
-            "not_revertible": [_ref(row) for row in self.not_revertible],
-        }
-        if self.dry_run:
-            data["dry_run"] = True
-            data["would_revert"] = [_ref(row) for row in self.would_revert]
-        return data
-
-
 # --------------------------------------------------------------------------- plumbing
 
 
+def _first_line(error: BaseException) -> str:
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return reason[0] if reason else type(error).__name__
+
+
 @contextlib.contextmanager
-def _ledger_errors(settings: Settings, database: LedgerDatabase) -> Iterator[None]:
-    """Database errors outside a migration (connect, lock, ledger reads) become MigrationFailed
-    with the password-free URL, translated once here."""
+def _ledger_errors(
+    settings: Settings, database: LedgerDatabase, error_class: type[DeployToolsError]
+) -> Iterator[None]:
+    """Database errors outside a migration (connect, lock, ledger reads) become
+    ``error_class`` naming the password-free URL, translated once here."""
     try:
         yield
     except sa.exc.SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
-        raise MigrationFailed(
+        raise error_class(
             settings.redact(
                 f"the ledger database {database.display} failed: "
-                f"{type(error).__name__}: {reason[0] if reason else ''}. "
+                f"{type(error).__name__}: {_first_line(error)}. "
                 "Check DATABASE_URL (or --database-url) and that the database is up"
             )
         ) from None
+
+
+@contextlib.contextmanager
+def _answer_fields(**fields: Any) -> Iterator[None]:
+    """Attach ``fields`` (e.g. the ledger's name) to a DeployToolsError leaving the block, for
+    the JSON error answer."""
+    try:
+        yield
+    except DeployToolsError as error:
+        known = getattr(error, "fields", {})
+        error.fields = {**fields, **known}  # type: ignore[attr-defined]
+        raise
 
 
 @contextlib.contextmanager
@@ -270,56 +187,67 @@ def _ms(start: float) -> int:
     return round((time.perf_counter() - start) * 1000)
 
 
-def _describe(settings: Settings, error: BaseException) -> tuple[str, str]:
-    """(``Type: message``, the same plus the traceback tail), passwords masked."""
-    summary = settings.redact(f"{type(error).__name__}: {error}".strip())
-    if len(summary) > ERROR_SUMMARY_CHARS:
-        summary = summary[: ERROR_SUMMARY_CHARS - 3] + "..."
-    trace = "".join(traceback.format_exception(error))[-TRACEBACK_TAIL_CHARS:]
-    return summary, settings.redact(f"{summary}{_TRACE_MARK}{trace}")
-
-
-def _summary(error_text: str | None) -> str | None:
-    """The ``Type: message`` part of a recorded error."""
-    if error_text is None:
-        return None
-    return error_text.split(_TRACE_MARK, 1)[0]
-
-
-@dataclass
-class _Ledger:
-    """The ledger as read at one moment."""
-
-    applied: dict[str, AppliedRow]
-    attempts: dict[str, Attempt]
-
-
-def _read_ledger(engine: Engine) -> _Ledger:
+def _read_ledger(engine: Engine) -> LedgerState:
     with engine.connect() as conn:
-        if not ledger.tables_exist(conn):
-            return _Ledger({}, {})
-        return _Ledger(ledger.applied_rows(conn), ledger.last_attempts(conn))
+        return ledger.read_state(conn)
 
 
-def _read_ledger_if_present(database: LedgerDatabase) -> _Ledger:
-    """The ledger, or an empty one if it does not exist yet; never creates anything."""
-    if database.is_sqlite:
-        assert database.sqlite_path is not None
-        if not database.sqlite_path.exists():
-            return _Ledger({}, {})
-    with _engine(database) as engine:
-        return _read_ledger(engine)
+def _read_ledger_if_present(database: LedgerDatabase, engine: Engine) -> LedgerState:
+    """The ledger, or an empty one if it does not exist yet; never creates anything (not even
+    the SQLite file)."""
+    if database.sqlite_path is not None and not database.sqlite_path.exists():
+        return LedgerState()
+    return _read_ledger(engine)
 
 
-def _states(files: list[MigrationFile], book: _Ledger) -> list[MigrationStatus]:
+# --------------------------------------------------------------------------- states
+
+
+def _progress(book: LedgerState, key: str, running: bool) -> Progress | None:
+    """The latest walk's checkpoint as progress; a running migration's ETA counts down."""
+    walks = book.checkpoints.get(key)
+    if not walks:
+        return None
+    latest = max(walks, key=lambda checkpoint: checkpoint.updated_at)
+    eta = latest.eta_s
+    if eta is not None and running:
+        eta = max(eta - (ledger.utcnow() - latest.updated_at).total_seconds(), 0.0)
+    return Progress(latest.rows_done, parse_last_key(latest.last_key), eta)
+
+
+def _unapplied_state(attempt: Attempt | None, lock_held: Callable[[], bool]) -> str:
+    if attempt is None:
+        return PENDING
+    if attempt.status == ledger.FAILED:
+        return FAILED
+    if attempt.status == ledger.RUNNING:
+        return RUNNING if lock_held() else INTERRUPTED
+    if attempt.status == ledger.INTERRUPTED:
+        return INTERRUPTED
+    return PENDING
+
+
+def _states(
+    files: list[MigrationFile], book: LedgerState, lock_held: Callable[[], bool]
+) -> list[MigrationStatus]:
+    """Every migration's state, from the files of this release and the ledger. A migration
+    whose latest attempt failed or was interrupted is listed even when its file is not in this
+    release (``in_release`` false): after a rollback, the old release shows what failed."""
     by_key = {m.sort_key: m for m in files}
+    unsettled = {
+        key
+        for key, attempt in book.attempts.items()
+        if attempt.status in (ledger.FAILED, ledger.RUNNING, ledger.INTERRUPTED)
+    }
     lines = []
-    for key in sorted(by_key.keys() | book.applied.keys()):
+    for key in sorted(by_key.keys() | book.applied.keys() | unsettled):
         migration, row = by_key.get(key), book.applied.get(key)
         if row is not None:
             if migration is None:
                 state = MISSING
-            elif migration.checksum is not None and migration.checksum != row.checksum:
+            elif migration.name != row.name or (
+                migration.checksum is not None and migration.checksum != row.checksum
+            ):
                 state = CHANGED
             else:
                 state = APPLIED
@@ -332,105 +260,293 @@ def _states(files: list[MigrationFile], book: _Ledger) -> list[MigrationStatus]:
                     applied_at=row.applied_at,
                     duration_ms=row.duration_ms,
                     release=row.release,
+                    phase=migration.phase if migration else None,
+                    in_release=migration is not None,
                 )
             )
             continue
-        assert migration is not None
         attempt = book.attempts.get(key)
-        failed = attempt is not None and attempt.status == ledger.FAILED
+        state = _unapplied_state(attempt, lock_held)
+        if migration is None and state == PENDING:
+            continue  # reverted, and its file gone: nothing to show
+        unsettled_state = state != PENDING and attempt is not None
         lines.append(
             MigrationStatus(
-                version=migration.version,
-                name=migration.name,
-                state=FAILED if failed else PENDING,
-                release=attempt.release if failed and attempt else None,
-                error=_summary(attempt.error) if failed and attempt else None,
+                version=migration.version if migration else attempt.version,  # type: ignore[union-attr]
+                name=migration.name if migration else attempt.name,  # type: ignore[union-attr]
+                state=state,
+                release=attempt.release if unsettled_state else None,  # type: ignore[union-attr]
+                error=_summary(attempt.error) if unsettled_state else None,  # type: ignore[union-attr]
+                progress=_progress(book, key, state == RUNNING),
+                phase=migration.phase if migration else None,
+                in_release=migration is not None,
             )
         )
     return lines
 
 
-def _warnings(lines: list[MigrationStatus]) -> list[str]:
+def _summary(error_text: str | None) -> str | None:
+    """The ``Type: message`` part of a recorded error."""
+    if error_text is None:
+        return None
+    return error_text.split(_TRACE_MARK, 1)[0]
+
+
+def _warnings(
+    lines: list[MigrationStatus], files: list[MigrationFile], book: LedgerState
+) -> list[str]:
+    """Findings that do not stop a run; each is also logged."""
+    by_key = {m.sort_key: m for m in files}
     messages = []
     for line in lines:
+        key = pad_version(line.version)
         if line.state == CHANGED:
-            messages.append(
-                f"migration {line.version}_{line.name}.py changed after it was applied "
-                "(checksum differs); it will not run again: write a new migration instead"
-            )
+            migration = by_key[key]
+            if migration.name != line.name:
+                messages.append(
+                    f"version {line.version} is in the ledger as {line.version}_{line.name} "
+                    f"but this release has {migration.filename}"
+                )
+            else:
+                messages.append(
+                    f"migration {migration.filename} changed after it was applied (checksum "
+                    "differs); it will not run again: write a new migration instead"
+                )
         elif line.state == MISSING:
             messages.append(
                 f"migration {line.version} ({line.name}) is in the ledger but its file is gone"
+            )
+        elif not line.in_release:
+            messages.append(
+                f"migration {line.version}_{line.name} is {line.state} (release "
+                f"{line.release or '?'}) and is not in this release"
+            )
+    newest = max(book.applied, default="")
+    for line in lines:
+        to_apply = line.in_release and line.state in (PENDING, FAILED, INTERRUPTED)
+        if to_apply and pad_version(line.version) < newest:
+            messages.append(
+                f"migration {line.version}_{line.name} sorts before the newest applied "
+                f"migration ({book.applied[newest].version}): it will run out of order"
             )
     for message in messages:
         log.warning(message)
     return messages
 
 
-def _pending(files: list[MigrationFile], book: _Ledger) -> list[MigrationFile]:
-    return [m for m in files if m.sort_key not in book.applied]
+def _settings_warnings(settings: Settings, database: LedgerDatabase) -> list[str]:
+    if database.is_sqlite and (settings.statement_timeout or settings.pg_lock_timeout):
+        message = "--statement-timeout and --pg-lock-timeout apply to PostgreSQL only: ignored"
+        log.warning(message)
+        return [message]
+    return []
+
+
+def _refuse_renamed(files: list[MigrationFile], book: LedgerState) -> None:
+    """A version is one migration: applied under one name, it cannot come back under another."""
+    for migration in files:
+        row = book.applied.get(migration.sort_key)
+        if row is not None and row.name != migration.name:
+            raise MigrationFileError(
+                f"version {migration.version} is in the ledger as {row.version}_{row.name} "
+                f"(applied {row.applied_at:%Y-%m-%d %H:%M} UTC by release {row.release}) but "
+                f"this release has {migration.filename}: a version names one migration. Give "
+                f"{migration.filename} a new version (`invoke datamig.new`), or restore its name"
+            )
+
+
+def _pending(
+    files: list[MigrationFile], book: LedgerState, phase: str | None
+) -> list[MigrationFile]:
+    """Files not in the ledger, in version order; only those of ``phase`` when given. The phase
+    of each is validated (from its source) first."""
+    pending = [m for m in files if m.sort_key not in book.applied]
+    for migration in pending:
+        check_phase(migration)
+    return [m for m in pending if phase is None or m.phase == phase]
+
+
+def _import(migration: MigrationFile) -> ModuleType:
+    """Import a pending migration; its module body is migration code (signals, exits)."""
+    try:
+        with interrupts.migration_code():
+            return load_module(migration)
+    except MigrationExited as exited:
+        raise MigrationFileError(
+            f"migration {migration.filename} exits the process while it is imported "
+            f"(os._exit({exited.code})); fix the file before running migrations"
+        ) from None
 
 
 # --------------------------------------------------------------------------- status
 
 
 def status(settings: Settings) -> StatusReport:
-    """Every migration's state: applied, pending, failed, changed or missing.
+    """Every migration's state: applied, pending, failed, changed, missing, running or
+    interrupted, with progress for batched ones.
 
-    Read-only: no lock, no import of migration modules, no ledger tables or SQLite file created.
+    Read-only: no lock taken, no migration imported, no ledger table or SQLite file created.
     """
     files = discover(settings.path)
     database = ledger.ledger_database(settings.database_url, settings.root)
-    with _ledger_errors(settings, database):
-        book = _read_ledger_if_present(database)
-    return StatusReport(_states(files, book), ledger=database.display)
+    with (
+        _answer_fields(ledger=database.display),
+        _ledger_errors(settings, database, MigrationFailed),
+        _engine(database) as engine,
+    ):
+        book = _read_ledger_if_present(database, engine)
+        lines = _states(files, book, lambda: runner_active(database, engine))
+    return StatusReport(
+        lines,
+        ledger=database.display,
+        ledger_id=book.ledger_id,
+        warnings=_warnings(lines, files, book),
+    )
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _unusable(conn: Connection, book: LedgerState) -> str | None:
+    """Why the runner could not write the ledger (PostgreSQL privileges), or None."""
+    if conn.dialect.name != "postgresql":
+        return None
+    if book.ledger_id is None and not book.applied:
+        can_create = conn.execute(
+            sa.text("SELECT has_schema_privilege(current_schema(), 'CREATE')")
+        ).scalar()
+        if not can_create:
+            return "this user cannot create the ledger tables in the current schema"
+        return None
+    can_write = conn.execute(
+        sa.text("SELECT has_table_privilege('data_migrations', 'INSERT')")
+    ).scalar()
+    return None if can_write else "this user cannot write the data_migrations table"
+
+
+def check(settings: Settings) -> CheckReport:
+    """Validate everything a deploy needs before it changes anything: the files, every pending
+    module (imported, no bytecode written), their phases, the ledger (connected read-only) and
+    Redis (pinged when REDIS_URL is set). Applies nothing, takes no lock, creates nothing.
+
+    Any finding is a UsageError (exit 2): unreachable or unusable database or Redis, a broken
+    module, a version in the ledger under another name.
+    """
+    files = discover(settings.path)
+    database = ledger.ledger_database(settings.database_url, settings.root)
+    with _answer_fields(ledger=database.display):
+        if database.sqlite_path is not None and not database.sqlite_path.exists():
+            folder = database.sqlite_path.parent
+            if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+                raise UsageError(
+                    f"the SQLite ledger {database.sqlite_path} cannot be created: {folder} is "
+                    "missing or not writable (run `invoke setup`, or fix its permissions)"
+                )
+            book = LedgerState()
+        else:
+            with (
+                _ledger_errors(settings, database, UsageError),
+                _engine(database) as engine,
+                engine.connect() as conn,
+            ):
+                book = ledger.read_state(conn)
+                reason = _unusable(conn, book)
+            if reason:
+                raise UsageError(f"the ledger database {database.display} is not usable: {reason}")
+        with _answer_fields(ledger_id=book.ledger_id):
+            _refuse_renamed(files, book)
+            pending = _pending(files, book, None)
+            for migration in pending:
+                _import(migration)
+            if settings.redis_url:
+                RedisConnector(settings.redis_url).ping()
+    lines = _states(files, book, lambda: False)
+    return CheckReport(
+        pending=pending,
+        applied=len(book.applied),
+        ledger=database.display,
+        ledger_id=book.ledger_id,
+        warnings=_settings_warnings(settings, database) + _warnings(lines, files, book),
+    )
 
 
 # --------------------------------------------------------------------------- apply
 
 
 def apply(settings: Settings) -> ApplyResult:
-    """Apply the pending migrations in version order, each in its own transaction.
+    """Apply the pending migrations (of ``settings.phase``, or all) in version order, each in
+    its own transaction.
 
-    Stops at the first failure (``result.failed``); the migrations before it stay applied.
-    Raises MigrationFileError for bad files or a pending module that does not import or lacks
-    ``run`` (before anything runs), LockHeld when another runner keeps the lock past
-    ``lock_timeout``, and MigrationFailed when the ledger database cannot be used.
+    Stops at the first failure (``result.failed``) or signal (``result.interrupted``); the
+    migrations before it stay applied. Raises MigrationFileError for bad files or a pending
+    module that does not import, lacks ``run`` or has a bad phase (before anything runs),
+    LockHeld when another runner keeps the lock past ``lock_timeout``, and MigrationFailed when
+    the ledger database cannot be used.
     """
     files = discover(settings.path)
     database = ledger.ledger_database(settings.database_url, settings.root)
+    fields = {"ledger": database.display, "phase": settings.phase}
     if settings.dry_run:
-        with _ledger_errors(settings, database):
-            book = _read_ledger_if_present(database)
-        lines = _states(files, book)
-        pending = _pending(files, book)
+        with (
+            _answer_fields(**fields),
+            _ledger_errors(settings, database, MigrationFailed),
+            _engine(database) as engine,
+        ):
+            book = _read_ledger_if_present(database, engine)
+            lines = _states(files, book, lambda: runner_active(database, engine))
+            _refuse_renamed(files, book)
+            pending = _pending(files, book, settings.phase)
         return ApplyResult(
             pending_before=len(pending),
+            phase=settings.phase,
             dry_run=True,
             would_apply=pending,
-            warnings=_warnings(lines),
+            ledger=database.display,
+            ledger_id=book.ledger_id,
+            warnings=_settings_warnings(settings, database) + _warnings(lines, files, book),
         )
     if database.sqlite_path is not None:
         database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     with (
-        _ledger_errors(settings, database),
+        _answer_fields(**fields),
+        _ledger_errors(settings, database, MigrationFailed),
         _engine(database) as engine,
         runner_lock(database, engine, settings.lock_timeout),
     ):
         with engine.begin() as conn:
-            ledger.create_tables(conn)
+            ledger_id = ledger.create_tables(conn)
+            ledger.settle_interrupted(conn)
         book = _read_ledger(engine)
-        result = ApplyResult(warnings=_warnings(_states(files, book)))
-        pending = _pending(files, book)
-        result.pending_before = len(pending)
-        # Import everything first: a broken module must stop the run before anything runs.
-        modules = [(migration, load_module(migration)) for migration in pending]
+        lines = _states(files, book, lambda: True)
+        result = ApplyResult(
+            phase=settings.phase,
+            ledger=database.display,
+            ledger_id=ledger_id,
+            warnings=_settings_warnings(settings, database) + _warnings(lines, files, book),
+        )
+        with _answer_fields(ledger_id=ledger_id):
+            _refuse_renamed(files, book)
+            pending = _pending(files, book, settings.phase)
+            result.pending_before = len(pending)
+            # Import everything first: a broken module must stop the run before anything runs.
+            modules = [(migration, _import(migration)) for migration in pending]
         newest = max(book.applied, default="")
         redis = RedisConnector(settings.redis_url)
         try:
             for migration, module in modules:
+                if interrupts.pending:
+                    result.interrupted = interrupts.pending
+                    break
                 out_of_order = migration.sort_key < newest
-                outcome = _apply_one(settings, engine, redis, migration, module, out_of_order)
+                outcome = _apply_one(
+                    settings,
+                    engine,
+                    redis,
+                    migration,
+                    module,
+                    out_of_order,
+                    book.checkpoints.get(migration.sort_key, []),
+                )
                 if isinstance(outcome, Failure):
                     result.failed = outcome
                     break
@@ -439,6 +555,94 @@ def apply(settings: Settings) -> ApplyResult:
         finally:
             redis.close()
     return result
+
+
+def _session_settings(conn: Connection, settings: Settings) -> None:
+    """``ctx.db``'s PostgreSQL session: application_name, statement_timeout, lock_timeout."""
+    if conn.dialect.name != "postgresql":
+        return
+    values = {"application_name": ledger.MIGRATION_APPLICATION_NAME}
+    for name, seconds in (
+        ("statement_timeout", settings.statement_timeout),
+        ("lock_timeout", settings.pg_lock_timeout),
+    ):
+        if seconds:
+            values[name] = f"{max(round(seconds * 1000), 1)}ms"
+    calls = ", ".join(f"set_config('{name}', :{name}, false)" for name in values)
+    conn.execute(sa.text(f"SELECT {calls}"), values)
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:g} s" if value is not None else "?"
+
+
+def _describe(settings: Settings, error: BaseException, label: str) -> tuple[str, str, str | None]:
+    """(what happened, the same plus the traceback tail, the signal if one stopped it), with
+    secrets masked: the first goes to the JSON answer, the second to the ledger."""
+    signal_name = None
+    if isinstance(error, RunnerInterrupted):
+        signal_name = error.signal_name
+        summary = f"interrupted by {signal_name}"
+    elif isinstance(error, KeyboardInterrupt):
+        signal_name = "SIGINT"
+        summary = "interrupted by SIGINT (KeyboardInterrupt)"
+    elif isinstance(error, SystemExit):
+        code = "" if error.code is None else repr(error.code)
+        summary = f"the migration exited the process (sys.exit({code}))"
+    elif isinstance(error, MigrationExited):
+        summary = f"the migration exited the process (os._exit({error.code}))"
+    else:
+        summary = f"{type(error).__name__}: {error}".strip()
+        orig = getattr(error, "orig", None)
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate == "57014" and "statement timeout" in str(orig):
+            summary = (
+                f"statement_timeout ({_seconds(settings.statement_timeout)}) reached in "
+                f"migration {label}: {_first_line(error)}. Make the statement faster (index, "
+                "ctx.batches) or raise datamig.statement_timeout"
+            )
+        elif sqlstate == "55P03" and "lock timeout" in str(orig):
+            summary = (
+                f"lock_timeout ({_seconds(settings.pg_lock_timeout)}) reached in migration "
+                f"{label}: {_first_line(error)}. Another session holds a lock it needs; retry "
+                "later or raise datamig.pg_lock_timeout"
+            )
+    summary = settings.redact(summary)
+    if len(summary) > ERROR_SUMMARY_CHARS:
+        summary = summary[: ERROR_SUMMARY_CHARS - 3] + "..."
+    trace = "".join(traceback.format_exception(error))[-TRACEBACK_TAIL_CHARS:]
+    return summary, settings.redact(f"{summary}{_TRACE_MARK}{trace}"), signal_name
+
+
+def _start_attempt(engine: Engine, version: str, name: str, release: str | None) -> int:
+    """Commit a ``running`` attempt: if the runner is killed, ``status`` shows the run."""
+    with engine.begin() as conn:
+        return ledger.insert_attempt(
+            conn,
+            Attempt(
+                version=version,
+                name=name,
+                status=ledger.RUNNING,
+                started_at=ledger.utcnow(),
+                finished_at=None,
+                error=None,
+                release=release,
+                host=ledger.this_host(),
+            ),
+        )
+
+
+def _settle_failed(settings: Settings, engine: Engine, attempt_id: int, detail: str) -> None:
+    """Record the failure in its own transaction (the migration's was rolled back)."""
+    try:
+        with engine.begin() as conn:
+            ledger.settle_attempt(conn, attempt_id, ledger.FAILED, detail)
+    except sa.exc.SQLAlchemyError as error:
+        log.error(
+            "could not record the failed attempt %d: %s",
+            attempt_id,
+            settings.redact(_first_line(error)),
+        )
 
 
 def _run_step(
@@ -451,45 +655,50 @@ def _run_step(
     release: str | None,
     verb: str,
     step: Callable[[MigrationContext], object],
-    record: Callable[[Connection, Attempt, int], None],
+    record: Callable[[Connection, int, int], None],
+    checkpoints: list[ledger.Checkpoint],
     failure_prefix: str = "",
 ) -> Done | Failure:
     """Run ``step(ctx)`` (a migration's ``run`` or ``revert``) in its own transaction, with
-    ``record`` writing its ledger change in that same transaction: both commit or neither.
-    On an exception the transaction is rolled back and the failed attempt recorded apart."""
-    label = f"{version} {name}"
+    ``record(conn, attempt_id, duration_ms)`` writing its ledger change in that same
+    transaction: both commit or neither. On any failure the transaction is rolled back and the
+    attempt settled as failed apart."""
+    label = f"{version}_{name}"
     log.info("%s %s", verb, label)
-    started_at, start = ledger.utcnow(), time.perf_counter()
+    start = time.perf_counter()
+    attempt_id = _start_attempt(engine, version, name, release)
+    conn: MigrationConnection | None = None
     try:
-        with engine.connect() as conn, conn.begin():
-            ctx = MigrationContext(
-                db=conn,
-                redis_connector=redis,
-                log=migration_logger(version, name),
-                release=release,
-                version=version,
-                name=name,
-            )
-            step(ctx)
-            duration_ms = _ms(start)
-            attempt = Attempt(
-                version=version,
-                name=name,
-                status="",  # set by ``record``
-                started_at=started_at,
-                finished_at=ledger.utcnow(),
-                error=None,
-                release=release,
-                host=ledger.this_host(),
-            )
-            record(conn, attempt, duration_ms)
-    except Exception as error:
-        summary, detail = _describe(settings, error)
-        log.error("%s %s failed after %d ms: %s", verb, label, _ms(start), summary)
-        _record_failure(
-            settings, engine, version, name, started_at, failure_prefix + detail, release=release
+        conn = MigrationConnection(engine)
+        conn.begin()
+        _session_settings(conn, settings)
+        ctx = MigrationContext(
+            db=conn,
+            redis_connector=redis,
+            log=migration_logger(version, name),
+            release=release,
+            version=version,
+            name=name,
+            walker=Walker(conn, version=version, name=name, release=release, saved=checkpoints),
         )
-        return Failure(version, name, summary, detail)
+        with interrupts.migration_code(), conn.guarded():
+            step(ctx)
+        interrupts.check()  # a signal the migration caught still ends it
+        duration_ms = _ms(start)
+        record(conn, attempt_id, duration_ms)
+        conn.commit()
+    except (Exception, KeyboardInterrupt, SystemExit, MigrationExited) as error:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+        summary, detail, signal_name = _describe(settings, error, label)
+        log.error("%s %s failed after %d ms: %s", verb, label, _ms(start), summary)
+        _settle_failed(settings, engine, attempt_id, failure_prefix + detail)
+        return Failure(version, name, summary, detail, interrupted=signal_name)
+    finally:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
     log.info("%s: done in %d ms", label, duration_ms)
     return Done(version, name, duration_ms)
 
@@ -501,26 +710,28 @@ def _apply_one(
     migration: MigrationFile,
     module: ModuleType,
     out_of_order: bool,
+    checkpoints: list[ledger.Checkpoint],
 ) -> Done | Failure:
-    """``run(ctx)`` and, in the same transaction, its ledger row and an applied attempt."""
+    """``run(ctx)`` and, in the same transaction, its ledger row and its attempt's outcome."""
     assert migration.checksum is not None
 
-    def record(conn: Connection, attempt: Attempt, duration_ms: int) -> None:
+    def record(conn: Connection, attempt_id: int, duration_ms: int) -> None:
         ledger.insert_applied(
             conn,
             AppliedRow(
                 version=migration.version,
                 name=migration.name,
                 checksum=migration.checksum,
-                applied_at=attempt.finished_at,
+                applied_at=ledger.utcnow(),
                 duration_ms=duration_ms,
                 release=settings.release,
-                host=attempt.host,
+                host=ledger.this_host(),
                 applied_by=ledger.this_user(),
                 out_of_order=out_of_order,
             ),
         )
-        ledger.insert_attempt(conn, replace(attempt, status=ledger.APPLIED))
+        ledger.delete_checkpoints(conn, migration.version)
+        ledger.settle_attempt(conn, attempt_id, ledger.APPLIED, None)
 
     return _run_step(
         settings,
@@ -532,47 +743,16 @@ def _apply_one(
         verb="applying out of order" if out_of_order else "applying",
         step=module.run,
         record=record,
+        checkpoints=checkpoints,
     )
-
-
-def _record_failure(
-    settings: Settings,
-    engine: Engine,
-    version: str,
-    name: str,
-    started_at: datetime,
-    detail: str,
-    *,
-    release: str | None,
-) -> None:
-    """Record a failed attempt in its own transaction (the migration's was rolled back)."""
-    try:
-        with engine.begin() as conn:
-            ledger.insert_attempt(
-                conn,
-                Attempt(
-                    version=version,
-                    name=name,
-                    status=ledger.FAILED,
-                    started_at=started_at,
-                    finished_at=ledger.utcnow(),
-                    error=detail,
-                    release=release,
-                    host=ledger.this_host(),
-                ),
-            )
-    except sa.exc.SQLAlchemyError as error:
-        log.error(
-            "could not record the failed attempt of %s: %s",
-            version,
-            settings.redact(str(error).splitlines()[0]),
-        )
 
 
 # --------------------------------------------------------------------------- revert
 
 
-def _revert_targets(book: _Ledger, version: str | None, release: str | None) -> list[AppliedRow]:
+def _revert_targets(
+    book: LedgerState, version: str | None, release: str | None
+) -> list[AppliedRow]:
     if version is not None:
         row = book.applied.get(pad_version(version))
         if row is None:
@@ -612,32 +792,46 @@ def revert(
     Each ``revert(ctx)`` runs in its own transaction with the deletion of its ledger row. If a
     target has no ``revert`` or no file, nothing is reverted (UsageError) unless
     ``skip_irreversible``, which reverts the others and lists these in ``not_revertible``.
-    Stops at the first revert that raises (``result.failed``).
+    Stops at the first revert that fails (``result.failed``) or a signal.
     """
     _check_revert_args(version, release)
-    files = {m.sort_key: m for m in discover(settings.path)}
+    file_list = discover(settings.path)
+    files = {m.sort_key: m for m in file_list}
     database = ledger.ledger_database(settings.database_url, settings.root)
     if settings.dry_run:
-        with _ledger_errors(settings, database):
-            book = _read_ledger_if_present(database)
+        with (
+            _answer_fields(ledger=database.display),
+            _ledger_errors(settings, database, MigrationFailed),
+            _engine(database) as engine,
+        ):
+            book = _read_ledger_if_present(database, engine)
         targets = _revert_targets(book, version, release)
-        result = RevertResult(dry_run=True)
+        result = RevertResult(dry_run=True, ledger=database.display, ledger_id=book.ledger_id)
         for row in targets:
             migration = files.get(row.sort_key)
             revertible = migration is not None and defines_revert(migration)
             (result.would_revert if revertible else result.not_revertible).append(row)
         return result
     if database.sqlite_path is not None and not database.sqlite_path.exists():
-        _revert_targets(_Ledger({}, {}), version, release)  # a VERSION is not applied: raises
-        return RevertResult()
+        _revert_targets(LedgerState(), version, release)  # a VERSION is not applied: raises
+        return RevertResult(ledger=database.display)
     with (
-        _ledger_errors(settings, database),
+        _answer_fields(ledger=database.display),
+        _ledger_errors(settings, database, MigrationFailed),
         _engine(database) as engine,
         runner_lock(database, engine, settings.lock_timeout),
     ):
+        with engine.begin() as conn:
+            ledger_id = ledger.create_tables(conn)
+            ledger.settle_interrupted(conn)
         book = _read_ledger(engine)
         targets = _revert_targets(book, version, release)
-        result = RevertResult(warnings=_warnings(_states(list(files.values()), book)))
+        lines = _states(file_list, book, lambda: True)
+        result = RevertResult(
+            ledger=database.display,
+            ledger_id=ledger_id,
+            warnings=_warnings(lines, file_list, book),
+        )
         plan: list[tuple[AppliedRow, ModuleType]] = []
         reasons: dict[str, str] = {}
         for row in targets:
@@ -645,7 +839,7 @@ def revert(
             if migration is None:
                 reasons[row.sort_key] = "its file is missing"
                 continue
-            module = load_module(migration)
+            module = _import(migration)
             if not callable(getattr(module, "revert", None)):
                 reasons[row.sort_key] = "it has no revert(ctx) function"
                 continue
@@ -658,7 +852,12 @@ def revert(
         redis = RedisConnector(settings.redis_url)
         try:
             for row, module in plan:
-                outcome = _revert_one(settings, engine, redis, row, module)
+                if interrupts.pending:
+                    result.interrupted = interrupts.pending
+                    break
+                outcome = _revert_one(
+                    settings, engine, redis, row, module, book.checkpoints.get(row.sort_key, [])
+                )
                 if isinstance(outcome, Failure):
                     result.failed = outcome
                     break
@@ -674,12 +873,14 @@ def _revert_one(
     redis: RedisConnector,
     row: AppliedRow,
     module: ModuleType,
+    checkpoints: list[ledger.Checkpoint],
 ) -> Done | Failure:
     """``revert(ctx)`` and, in the same transaction, the removal of its ledger row."""
 
-    def record(conn: Connection, attempt: Attempt, _duration_ms: int) -> None:
+    def record(conn: Connection, attempt_id: int, _duration_ms: int) -> None:
         ledger.delete_applied(conn, row.version)
-        ledger.insert_attempt(conn, replace(attempt, status=ledger.REVERTED))
+        ledger.delete_checkpoints(conn, row.version)
+        ledger.settle_attempt(conn, attempt_id, ledger.REVERTED, None)
 
     return _run_step(
         settings,
@@ -691,5 +892,7 @@ def _revert_one(
         verb="reverting",
         step=module.revert,
         record=record,
+        # an applied migration has checkpoints only from a revert that failed half way
+        checkpoints=checkpoints,
         failure_prefix="revert failed: ",
     )
