@@ -9,14 +9,21 @@ Both need nothing but Python 3.11+ and the Debian packages named in the README. 
   throwaway ``redis-server``; the flags migration runs as the post-deploy step; then the
   migration status and the flags read back from Redis are printed. Run it again: the second
   deploy applies nothing.
-- ``test``: the whole test suite against real sshd, PostgreSQL and Redis on loopback. As root
-  it installs missing system packages with apt-get; otherwise it prints the line to run.
+- ``test``: ruff (lint and format), then the whole test suite against real sshd, PostgreSQL and
+  Redis on loopback. As root it installs missing system packages with apt-get; otherwise it
+  prints the line to run. The wheels of deploytools' dependencies are fetched once from the
+  package registry into ``.wheelhouse/`` (reused while complete) for the tests that install
+  environments offline; ``uv`` is installed into ``.venv`` for them.
+
+Any Python 3.11+ that every user running the command can execute will do; a non-root user
+needs one outside root's home, e.g. Debian's ``/usr/bin/python3`` (with ``python3-venv``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,9 +35,14 @@ HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
 DEMO = HERE / ".demo"
+WHEELHOUSE = HERE / ".wheelhouse"
 
-# what each command needs from the system: (executable or glob, Debian package)
-DEMO_NEEDS = [("git", "git"), ("redis-server", "redis-server")]
+# what each command needs from the system: (executable, glob or Python module, Debian package)
+DEMO_NEEDS = [
+    ("git", "git"),
+    ("redis-server", "redis-server"),
+    ("module:ensurepip", "python3-venv"),
+]
 TEST_NEEDS = [
     *DEMO_NEEDS,
     ("/usr/sbin/sshd", "openssh-server"),
@@ -42,7 +54,10 @@ TEST_NEEDS = [
 def missing_packages(needs: list[tuple[str, str]]) -> list[str]:
     missing = []
     for thing, package in needs:
-        found = glob.glob(thing) if "/" in thing else shutil.which(thing)
+        if thing.startswith("module:"):
+            found = importlib.util.find_spec(thing.removeprefix("module:"))
+        else:
+            found = glob.glob(thing) if "/" in thing else shutil.which(thing)
         if not found and package not in missing:
             missing.append(package)
     return missing
@@ -62,8 +77,9 @@ def ensure_system_packages(needs: list[tuple[str, str]]) -> None:
     subprocess.run(["sh", "-c", line], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-def in_venv(extra: str) -> None:
-    """Re-run this script inside .venv with the project (and ``extra``) installed."""
+def in_venv(extra: str, *more: str) -> None:
+    """Re-run this script inside .venv with the project (and ``extra``, and the requirements
+    ``more``) installed."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
     if not VENV_PYTHON.exists():
@@ -73,25 +89,75 @@ def in_venv(extra: str) -> None:
         except (subprocess.CalledProcessError, OSError):
             shutil.rmtree(VENV, ignore_errors=True)
             sys.exit("python3 cannot create a virtual environment: install python3-venv")
+    install = ["-e", f"{HERE}{extra}", *more]
     stamp = VENV / f".installed{extra}"
-    if not stamp.exists() or stamp.stat().st_mtime < (HERE / "pyproject.toml").stat().st_mtime:
-        print(f"installing deploytools{extra} into .venv ...", flush=True)
+    if (
+        not stamp.exists()
+        or stamp.read_text() != " ".join(install)
+        or stamp.stat().st_mtime < (HERE / "pyproject.toml").stat().st_mtime
+    ):
+        print(f"installing deploytools{extra} {' '.join(more)} into .venv ...", flush=True)
         pip = subprocess.run(
-            [str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{HERE}{extra}"],
+            [str(VENV_PYTHON), "-m", "pip", "install", "-q", *install],
             capture_output=True,
             text=True,
         )
         if pip.returncode != 0:
             sys.exit(f"pip install failed:\n{pip.stdout}{pip.stderr}")
-        stamp.touch()
+        stamp.write_text(" ".join(install))
     os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
+
+
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((HERE / "pyproject.toml").read_text())
+
+
+def fill_wheelhouse() -> None:
+    """Wheels of deploytools' dependencies in .wheelhouse/, for the tests that build a
+    release's environment with ``--no-index``: reused when complete, else fetched from the
+    package registry (once per run at most)."""
+    requirements = pyproject()["project"]["dependencies"]
+    download = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"]
+    download += ["--dest", str(WHEELHOUSE)]
+    WHEELHOUSE.mkdir(exist_ok=True)
+    cached = subprocess.run(
+        [*download, "--isolated", "--no-index", "--find-links", str(WHEELHOUSE), *requirements],
+        capture_output=True,
+    )
+    if cached.returncode == 0:
+        return
+    print("fetching the wheels of deploytools' dependencies into .wheelhouse/ ...", flush=True)
+    fetched = subprocess.run([*download, *requirements], capture_output=True, text=True)
+    if fetched.returncode != 0:
+        tail = "\n".join(fetched.stderr.strip().splitlines()[-5:])
+        print(
+            "warning: .wheelhouse/ is incomplete and the package registry did not answer; the "
+            "tests that install environments offline will fail. Run `python3 dev.py test` "
+            f"again with access to the registry. pip said:\n{tail}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run(command: list[str]) -> int:
+    """Run ``command`` in the checkout, showing it first as a shell line."""
+    shown = [".venv/bin/python" if part == sys.executable else part for part in command]
+    print("+ " + " ".join(shown), flush=True)
+    return subprocess.run(command, cwd=HERE).returncode
 
 
 def test(args: list[str]) -> int:
     ensure_system_packages(TEST_NEEDS)
-    in_venv("[test]")
-    subprocess.run([sys.executable, "-m", "ruff", "check", str(HERE)], check=True)
-    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=HERE).returncode
+    # uv for the tests of uv-built environments; the build backend to build deploytools'
+    # wheel without build isolation (offline)
+    in_venv("[test]", "uv", *pyproject()["build-system"]["requires"])
+    fill_wheelhouse()
+    for check in (["check", "."], ["format", "--check", "."]):
+        if code := run([sys.executable, "-m", "ruff", *check]):
+            return code
+    return run([sys.executable, "-m", "pytest", *args])
 
 
 def demo(args: list[str]) -> int:

@@ -101,9 +101,14 @@ class Fleet:
         return path
 
     def invoke(
-        self, *args: str, timeout: float = 120, **deploy: Any
+        self,
+        *args: str,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        **deploy: Any,
     ) -> subprocess.CompletedProcess:
-        """Run ``invoke ARGS`` in the repo, as a user would, with this fleet's invoke.yaml."""
+        """Run ``invoke ARGS`` in the repo, as a user would, with this fleet's invoke.yaml and
+        ``env`` added to the environment."""
         self.write_invoke_yaml(**deploy)
         return subprocess.run(
             [sys.executable, "-m", "invoke", *args],
@@ -111,30 +116,45 @@ class Fleet:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "COLUMNS": "200"},
+            env=self._env(env),
+        )
+
+    def start_invoke(
+        self, *args: str, env: dict[str, str] | None = None, **deploy: Any
+    ) -> subprocess.Popen:
+        """Start ``invoke ARGS`` in the background (text pipes for stdout and stderr). The
+        process has its own session: a signal sent to it reaches invoke alone, as Ctrl-C in
+        the user's terminal would."""
+        self.write_invoke_yaml(**deploy)
+        return subprocess.Popen(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=self.repo.path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._env(env),
+            start_new_session=True,
         )
 
     def start_deploy_until(
         self, marker: Path, timeout: float = 30, **deploy: Any
     ) -> subprocess.Popen:
         """Start ``invoke deploy`` in the background and return once ``marker`` exists (a
-        migration or a slow deploy.python touches it), so a test can strike mid-deploy.
-        The process has its own session: a signal sent to it reaches invoke alone."""
-        self.write_invoke_yaml(**deploy)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "invoke", "deploy"],
-            cwd=self.repo.path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        migration or a slow deploy.python touches it), so a test can strike mid-deploy."""
+        process = self.start_invoke("deploy", **deploy)
         deadline = time.monotonic() + timeout
         while not marker.exists():
             if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    process.kill()
                 raise AssertionError(f"{marker} never appeared: {process.communicate()}")
             time.sleep(0.01)
         return process
+
+    @staticmethod
+    def _env(extra: dict[str, str] | None) -> dict[str, str]:
+        return {**os.environ, "COLUMNS": "200", **(extra or {})}
 
     # -- reading the hosts --------------------------------------------------------------------
 
