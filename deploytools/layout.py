@@ -290,9 +290,12 @@ class EnvironmentPlan:
     install_args: tuple[str, ...]
 
 
-def environment_script(root: str, *, owner: LockOwner, release: str, plan: EnvironmentPlan) -> str:
+def environment_script(
+    root: str, *, owner: LockOwner, release: str, plan: EnvironmentPlan, track: str
+) -> str:
     """Build (or reuse) the release's environment, link it as ``.venv``, publish the release."""
-    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script = Script(root).call("need_root").call("track", track)
+    script.call("hold_lock", owner.token, owner.to_json())
     script.call("begin_release", release)
     script.call(
         "build_env",
@@ -317,10 +320,15 @@ def switch_script(root: str, release: str, owner: LockOwner) -> str:
 
 
 def hooks_script(
-    root: str, directory: str, name: str, commands: Sequence[str], owner: LockOwner | None
+    root: str,
+    directory: str,
+    name: str,
+    commands: Sequence[str],
+    owner: LockOwner | None,
+    track: str,
 ) -> str:
     """``commands`` in ``<root>/<directory>`` with the release's environment (a hook)."""
-    script = Script(root).call("need_root")
+    script = Script(root).call("need_root").call("track", track)
     if owner is not None:
         script.call("hold_lock", owner.token, owner.to_json())
     return script.call("run_hooks", directory, name, *commands).text()
@@ -333,9 +341,10 @@ def restart_script(
     health: Sequence[str],
     health_timeout: float,
     owner: LockOwner | None,
+    track: str,
 ) -> str:
     """``restart`` in ``current``, then ``health`` until it passes: one command per host."""
-    script = Script(root).call("need_root")
+    script = Script(root).call("need_root").call("track", track)
     if owner is not None:
         script.call("hold_lock", owner.token, owner.to_json())
     if restart:
@@ -433,6 +442,12 @@ def datamig_script(
         script.call("hold_lock", owner.token, owner.to_json())
     script.call("run_datamig", directory, "yes" if owner else "no", len(python), *python, *argv)
     return script.text()
+
+
+def untrack_script(root: str, track: str, grace: float = 5) -> str:
+    """Stop what a tracked script (hooks, restart, the installer) still runs after the client
+    stopped waiting for it."""
+    return Script(root).call("need_root").call("untrack", track, max(1, round(grace))).text()
 
 
 def stop_runner_script(root: str, grace: float) -> str:

@@ -187,7 +187,8 @@ class Runner:
         else:
             side = "upgrade deploytools on the hosts (in the application's lock file)"
         raise ProtocolMismatch(
-            f"the migration runner on {self.host} speaks protocol {spoken or 'unknown (older)'}; "
+            f"the migration runner on {self.host} speaks protocol "
+            f"{'unknown (older)' if spoken is None else spoken}; "
             f"this deploytools speaks {PROTOCOL} and {PROTOCOL - 1}: {side}. Nothing was changed."
         )
 

@@ -102,11 +102,10 @@ def web(ssh_fleet, wheelhouse, tmp_path):
 
 
 @pytest.fixture
-def uv_on_hosts():
-    """uv where the test hosts' sessions find it (the suite puts it on their PATH)."""
-    probe = subprocess.run(["sh", "-lc", "command -v uv"], capture_output=True, text=True)
-    if not shutil.which("uv") and probe.returncode:
-        pytest.skip("uv is not installed here (python3 dev.py test installs it)")
+def uv_on_hosts(host_path_bin):
+    """uv where the test hosts' sessions find it (the suite puts it first on their PATH)."""
+    if not (host_path_bin / "uv").exists():
+        pytest.skip("uv is not installed in the test environment (python3 dev.py test does)")
 
 
 def env_dirs(root: Path) -> list[Path]:
@@ -173,16 +172,22 @@ def test_the_environment_is_built_once_per_lock_file_and_its_scripts_work(web, t
     assert (env.stat().st_ino, (env / ".complete").stat().st_mtime_ns) == before
     assert "environment" in report["phases"]  # a few ms: nothing to install
 
-    # a changed lock file builds a new environment; cleanup drops the unused one
+    # a changed lock file builds a new environment ...
     web.repo.commit({"requirements.txt": "tinyapp-dep==2.0\n"}, "upgrade")
-    completed = web.invoke("deploy", "--json", keep_releases=1, **web.runtime, **hook)
+    completed = web.invoke("deploy", "--json", **web.runtime, **hook)
     assert completed.returncode == 0, completed.stderr
     assert "hello from tinyapp_dep 2.0" in marker.read_text()
-    new_envs = env_dirs(root)
-    assert len(new_envs) == 1 and new_envs != [env]
+    assert len(env_dirs(root)) == 2
     assert {served(port) for port in web.ports.values()} == {
         f"{web.repo.git('rev-parse', 'HEAD')} 2.0"
     }
+    # ... and once no kept release links to the old one (current and its rollback target
+    # are always kept), cleanup removes it
+    web.repo.bump()
+    completed = web.invoke("deploy", keep_releases=1, **web.runtime, **hook)
+    assert completed.returncode == 0, completed.stderr
+    (kept,) = env_dirs(root)
+    assert kept != env
 
 
 def test_a_broken_requirement_fails_before_the_switch_with_the_installer_output(web):
@@ -283,9 +288,9 @@ def test_invoke_restart_restarts_and_fails_naming_the_hosts(web):
 
 
 def test_health_cmd_is_read_as_health(web):
-    runtime = {**web.runtime}
+    runtime = {**web.runtime, "health_timeout": 1}
     runtime.pop("health")
-    completed = web.invoke("deploy", "--json", health_cmd="exit 1", health_timeout=1, **runtime)
+    completed = web.invoke("deploy", "--json", health_cmd="exit 1", **runtime)
     assert completed.returncode == 1
     assert "health check `exit 1`" in json.loads(completed.stdout)["error"]
 
@@ -304,7 +309,7 @@ def test_a_runner_speaking_another_protocol_is_refused_in_the_check_step(ssh_fle
         fake.chmod(0o755)
         before = ssh_fleet.snapshot()
         with pytest.raises(UsageError) as caught:
-            deploy(ssh_fleet.settings(python=str(fake)))
+            deploy(with_python(ssh_fleet, fake))
         message = str(caught.value)
         assert f"protocol {spoken}" in message and "speaks 2 and 1" in message
         assert side in message
@@ -315,7 +320,16 @@ def test_a_runner_speaking_another_protocol_is_refused_in_the_check_step(ssh_fle
         '"pending": [], "warnings": []}\'\n'
     )
     accepted.chmod(0o755)
-    deploy(ssh_fleet.settings(python=str(accepted)))  # the previous protocol is spoken
+    deploy(with_python(ssh_fleet, accepted))  # the previous protocol is spoken
+
+
+def with_python(fleet, python: Path):
+    """The fleet's settings with every host's deploy.python set to ``python``."""
+    from deploytools.config import load_settings
+
+    config = fleet.config()
+    config["deploy"]["hosts"] = [{**entry, "python": str(python)} for entry in fleet.entries]
+    return load_settings(config)
 
 
 def test_time_spent_is_reported_per_phase(web):

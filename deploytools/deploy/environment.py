@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Sequence
 
 from ..config import Settings
 from ..exceptions import HostError, UsageError
+from ..hosts.group import checked
 from ..layout import EnvironmentPlan, environment_script, parse_output
 from ..lock import LockOwner
 from ..output import Reporter
 from .build import Release
+from .hooks import run_tracked
 from .state import HostProgress, Step
 
 _WHEEL_DIR_FLAGS = ("--find-links", "-f")
@@ -99,8 +102,9 @@ def prepare(
 ) -> None:
     """Build or reuse the environment on one host, link it, publish the release."""
     environment = plan(host, settings, release)
+    track = secrets.token_hex(6)
     script = environment_script(
-        host.transport.target.root, owner=owner, release=release.id, plan=environment
+        host.transport.target.root, owner=owner, release=release.id, plan=environment, track=track
     )
 
     def stream(kind: str, line: str) -> None:
@@ -109,11 +113,9 @@ def prepare(
 
     with host.attempt(Step.UPLOADED):
         try:
-            result = host.run(
-                script,
+            result = checked(
+                run_tracked(host, script, track, timeout=settings.command_timeout, on_line=stream),
                 "environment",
-                timeout=settings.command_timeout,
-                on_line=stream,
             )
         except HostError as error:
             raise HostError(

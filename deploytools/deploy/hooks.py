@@ -9,12 +9,14 @@ would keep the SSH channel open: the host names that process and the hook fails.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import secrets
+from collections.abc import Callable, Sequence
 
 from ..config import Settings
 from ..exceptions import HostError
 from ..hosts.transport import CommandResult
-from ..layout import hooks_script, parse_output, restart_script
+from ..layout import hooks_script, parse_output, restart_script, untrack_script
 from ..lock import LockOwner
 from ..output import Reporter
 from ..redact import redact
@@ -31,8 +33,9 @@ def run_hooks(
 ) -> None:
     """``commands`` in ``<root>/<directory>`` on one host; a failure raises HostError with
     the command's (masked) output."""
-    script = hooks_script(host.transport.target.root, directory, name, commands, owner)
-    _run(host, script, name, reporter, timeout=None)
+    track = secrets.token_hex(6)
+    script = hooks_script(host.transport.target.root, directory, name, commands, owner, track)
+    _run(host, script, name, reporter, timeout=None, track=track)
 
 
 def restart(
@@ -43,31 +46,33 @@ def restart(
     target = host.transport.target
     if not (target.restart or target.health):
         return
+    track = secrets.token_hex(6)
     script = restart_script(
         target.root,
         restart=target.restart,
         health=target.health,
         health_timeout=settings.health_timeout,
         owner=owner,
+        track=track,
     )
-    _run(
-        host,
-        script,
-        "restart",
-        reporter,
-        timeout=settings.command_timeout + settings.health_timeout,
-    )
+    timeout = settings.command_timeout + settings.health_timeout
+    _run(host, script, "restart", reporter, timeout=timeout, track=track)
 
 
 def _run(
-    host: HostProgress, script: str, name: str, reporter: Reporter, *, timeout: float | None
+    host: HostProgress,
+    script: str,
+    name: str,
+    reporter: Reporter,
+    *,
+    timeout: float | None,
+    track: str,
 ) -> CommandResult:
     def stream(kind: str, line: str) -> None:
         if kind == "stderr":
             reporter.stream(host.name, line)
 
-    result = host.transport.run_script(script, timeout=timeout, on_line=stream)
-    host.last = result
+    result = run_tracked(host, script, track, timeout=timeout, on_line=stream)
     fields = parse_output(result.stdout)
     for value in fields.get("hook", []):
         label, code, ms = [*value.split(), "", "", ""][:3]
@@ -92,6 +97,25 @@ def _run(
         error.retryable = True  # type: ignore[attr-defined]
         raise error
     raise HostError(f"{name} failed on {host.name} (exit {result.exit_code}):\n{tail}")
+
+
+def run_tracked(
+    host: HostProgress,
+    script: str,
+    track: str,
+    *,
+    timeout: float | None,
+    on_line: Callable[[str, str], None],
+) -> CommandResult:
+    """Run a script that runs the application's commands; if it outlives its time limit (or
+    keeps its output open), stop what it still runs on the host: nothing keeps working
+    unobserved after the deploy gave up on it."""
+    result = host.transport.run_script(script, timeout=timeout, on_line=on_line)
+    host.last = result
+    if result.timed_out or result.held_open:
+        with contextlib.suppress(Exception):
+            host.transport.run_script(untrack_script(host.transport.target.root, track))
+    return result
 
 
 def _int(text: str) -> int | None:

@@ -368,7 +368,8 @@ class Deploy:
             self.reporter.phase("restart", label + ", ".join(names))
 
             def restart(host: HostProgress) -> None:
-                with host.attempt(Step.RESTARTED):
+                # a failed restart may have stopped the old server: always undo it
+                with host.attempt(Step.RESTARTED, undone_on_failure=False):
                     hooks.restart(host, self.settings, self.owner.at("restart"), self.reporter)
 
             self._on_hosts("restart", restart, names)
@@ -483,12 +484,11 @@ class Deploy:
         error = self._name_stayed_applied(error)
         self.reporter.phase("rollback", "switching every host back")
         switched = [h.name for h in self.hosts.values() if h.reached >= Step.SWITCHED]
-        problems |= self._on_each("switch back", self._put_back, switched)
         restarted = [  # where the new code was (maybe) started, the old code starts again
-            h.name
-            for h in self.hosts.values()
-            if h.reached >= Step.RESTARTED and h.previous and h.name not in problems
+            h.name for h in self.hosts.values() if h.reached >= Step.RESTARTED and h.previous
         ]
+        problems |= self._on_each("switch back", self._put_back, switched)
+        restarted = [name for name in restarted if name not in problems]
         if restarted:
             self.reporter.phase("restart", "the previous release, where it had restarted")
             problems |= self._on_each(

@@ -408,6 +408,29 @@ wait_runner() {
   rm -f -- "$root/deploy.lock/runner.pid"
   emit runner_gone yes
 }
+track() {
+  # track NAME: remember this script's process group, so a client that stopped waiting for it
+  # (a time limit) can stop it and what it started (`untrack NAME GRACE`)
+  tracked="$abs/.deploytools-$1.pgid"
+  pgid=$(cut -d' ' -f5 "/proc/$$/stat" 2>/dev/null)
+  printf '%s\n' "${pgid:-$$}" > "$tracked" 2>/dev/null || tracked=
+  on_exit_untrack=$tracked
+  trap 'status=$?; [ -z "$on_exit_untrack" ] || rm -f -- "$on_exit_untrack"; if [ "$status" -ne 0 ]; then eval "$on_failure"; fi; exit "$status"' EXIT
+}
+untrack() {
+  # untrack NAME GRACE: SIGTERM the tracked process group, SIGKILL after GRACE seconds
+  file="$abs/.deploytools-$1.pgid"
+  [ -f "$file" ] || { emit stopped none; return 0; }
+  pgid=$(cat -- "$file"); rm -f -- "$file"
+  [ -n "$pgid" ] && kill -TERM -"$pgid" 2>/dev/null || { emit stopped none; return 0; }
+  waited=0
+  while kill -0 -"$pgid" 2>/dev/null; do
+    [ "$waited" -ge "$(( $2 * 10 ))" ] && kill -KILL -"$pgid" 2>/dev/null
+    sleep 0.1 2>/dev/null || sleep 1
+    waited=$(( waited + 1 ))
+  done
+  emit stopped "$pgid"
+}
 holders() {
   # the processes (other than this script) that keep our output pipes open: a daemon a hook
   # started without redirecting its output holds the SSH channel open until it exits
@@ -432,7 +455,7 @@ run_hooks() {
     sh -c "$command" </dev/null 1>&2
     code=$?
     emit hook "$name#$index $code $(( $(now_ms) - started ))"
-    held=$(holders)
+    held=$(holders 2>/dev/null)
     if [ -n "$held" ]; then
       printf '%s\n' "$held" | while IFS= read -r line; do emit holder "$line"; done
       printf 'deploytools: `%s` left process %s holding its output (the SSH channel stays open until it exits): start servers with systemd, or nohup ... </dev/null >/dev/null 2>&1 &\n' \
