@@ -197,12 +197,15 @@ def walk(
         total = ctx.db.execute(counted, execution_options=_READ_OPTIONS).scalar_one()
     page = query.order_by(None).order_by(*columns).limit(size)
     started, done_here, logged_at = time.monotonic(), 0, 0.0
+    unlogged: str | None = None  # the latest progress line, when throttling held it back
     while True:
         rows = ctx.db.execute(
             page if last is None else page.where(_after(columns, last)),
             execution_options=_READ_OPTIONS,
         ).all()
         if not rows:
+            if unlogged:
+                log.info(unlogged)
             return
         yield rows
         # The migration asks for more: its work on these rows is done.
@@ -229,9 +232,11 @@ def walk(
             )
         full = len(rows) == size
         now = time.monotonic()
+        unlogged = progress_line(label, rows_done, total, rate, eta_s, last_key)
         if now - logged_at >= PROGRESS_EVERY or not full:
             logged_at = now
-            log.info(progress_line(label, rows_done, total, rate, eta_s, last_key))
+            log.info(unlogged)
+            unlogged = None
         if not full:
             return
         if pause:
