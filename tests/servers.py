@@ -266,10 +266,10 @@ def signal_all(pids: list[int], signum: int) -> None:
 def processes_using(directory: Path) -> list[tuple[int, str]]:
     """Processes (but this one and its parents) whose working directory or command line lies
     under ``directory``: what a run left running there. Returns ``(pid, command line)``."""
-    ours = {os.getpid()}
-    pid = os.getpid()
+    parents = _parent_pids()
+    ours, pid = {os.getpid()}, os.getpid()
     while pid > 1:
-        pid = _parent_pids().get(pid, 0)
+        pid = parents.get(pid, 0)
         ours.add(pid)
     prefix = str(directory)
     found = []
