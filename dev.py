@@ -133,9 +133,9 @@ def fill_wheelhouse() -> None:
     if fetched.returncode != 0:
         tail = "\n".join(fetched.stderr.strip().splitlines()[-5:])
         print(
-            "warning: .wheelhouse/ is incomplete and the package registry did not answer; the "
-            "tests that install environments offline will fail. Run `python3 dev.py test` "
-            f"again with access to the registry. pip said:\n{tail}",
+            "warning: .wheelhouse/ is incomplete and could not be filled from the package "
+            "registry: the tests that install environments offline will fail. Run `python3 "
+            f"dev.py test` again once the registry is reachable. pip said:\n{tail}",
             file=sys.stderr,
             flush=True,
         )

@@ -115,8 +115,19 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _run_or_explain(argv: list[str], what: str, log: Path | None = None) -> None:
+    """Run a server's setup command; on failure raise with its output (and its log)."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        output = (done.stdout + done.stderr).strip()
+        if log is not None and log.exists():
+            output += f"\n{log}:\n" + log.read_text(errors="replace").strip()
+        raise RuntimeError(f"{what} failed with status {done.returncode}:\n{output}")
+
+
 def start_postgres(directory: Path) -> PostgresServer:
-    """initdb + pg_ctl start in ``directory`` (created 0755 and owned by postgres when root)."""
+    """initdb + pg_ctl start in ``directory`` (created 0755 and owned by postgres when root).
+    Raises with the server's output and log when it does not start."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
     if os.geteuid() == 0:
@@ -124,41 +135,21 @@ def start_postgres(directory: Path) -> PostgresServer:
     data = directory / "data"
     port = free_port()
     run_as = _as_postgres_user()
-    subprocess.run(
-        [
-            *run_as,
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
+    initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    _run_or_explain([*run_as, *initdb, "-E", "UTF8", "--no-sync"], "initdb")
+    server = PostgresServer(directory, port)
+    options = (
+        f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c max_connections=200"
     )
-    subprocess.run(
-        [
-            *run_as,
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(directory / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c max_connections=200",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return PostgresServer(directory, port)
+    log = directory / "log"
+    pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w"]
+    try:
+        _run_or_explain([*run_as, *pg_ctl, "-o", options, "start"], "pg_ctl start", log)
+    except BaseException:
+        server.stop()  # pg_ctl may have left a postmaster behind (a timeout, Ctrl-C)
+        raise
+    return server
 
 
 @dataclass
@@ -182,30 +173,35 @@ def start_redis(directory: Path) -> RedisServer:
         raise RuntimeError("redis-server is not installed: apt-get install redis-server")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = directory / "redis.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(directory),
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_port("127.0.0.1", port)
-    except RuntimeError:
+    except BaseException as error:
         _stop_process(process)
-        raise
+        if not isinstance(error, RuntimeError):
+            raise
+        output = log.read_text(errors="replace").strip()
+        raise RuntimeError(f"redis-server did not start ({error}). Its log:\n{output}") from None
     return RedisServer(process, port)
 
 
@@ -266,10 +262,10 @@ def signal_all(pids: list[int], signum: int) -> None:
 def processes_using(directory: Path) -> list[tuple[int, str]]:
     """Processes (but this one and its parents) whose working directory or command line lies
     under ``directory``: what a run left running there. Returns ``(pid, command line)``."""
-    ours = {os.getpid()}
-    pid = os.getpid()
+    parents = _parent_pids()
+    ours, pid = {os.getpid()}, os.getpid()
     while pid > 1:
-        pid = _parent_pids().get(pid, 0)
+        pid = parents.get(pid, 0)
         ours.add(pid)
     prefix = str(directory)
     found = []

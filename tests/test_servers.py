@@ -216,6 +216,17 @@ def test_a_failing_sshd_is_reported_with_its_log(tmp_path, monkeypatch):
         servers.start_ssh_cluster(tmp_path / "ssh", ("127.0.0.1", "127.0.0.2"))
 
 
+def test_a_failing_postgres_is_reported_with_its_output():
+    directory = Path(tempfile.mkdtemp(prefix="deploytools-pg-"))
+    try:
+        (directory / "data").mkdir()
+        (directory / "data" / "stale").write_text("x")
+        with pytest.raises(RuntimeError, match=r"(?s)initdb failed with status 1:.*not empty"):
+            servers.start_postgres(directory)
+    finally:
+        servers.remove_tree(directory)
+
+
 def test_the_wheelhouse_installs_offline(wheelhouse, tmp_path):
     names = sorted(p.name for p in wheelhouse.glob("tinyapp_dep-*.whl"))
     assert names == ["tinyapp_dep-1.0-py3-none-any.whl", "tinyapp_dep-2.0-py3-none-any.whl"]
