@@ -12,7 +12,6 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, task
@@ -339,12 +338,17 @@ def datamig_apply(
 
 
 @_task(name="new", help={"name": "snake_case name of the migration"})
-@_command
-def datamig_new(c, settings: Settings, reporter: Reporter, name):
-    """Create migrations/<UTC now>_<name>.py from the template."""
+def datamig_new(c, name):
+    """Create migrations/<UTC now>_<name>.py from the template (reaches no host)."""
+    from .config import migrations_folder
     from .datamig.new import new_migration
 
-    path = new_migration(Path(settings.repo) / settings.migrations_path, name)
+    reporter = Reporter()
+    try:
+        path = new_migration(migrations_folder(c.config), name)
+    except DeployToolsError as error:
+        reporter.error(str(error))
+        raise Exit(code=error.exit_code) from None
     reporter.note(f"created {path}")
 
 
@@ -357,6 +361,8 @@ def _configuration_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
 
     def excepthook(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
         names = {cls.__name__ for cls in kind.__mro__}
+        if names & {"ValueError", "TypeError"} and _raised_in_invoke_config(traceback):
+            names.add("UncastableEnvVar")  # invoke casting INVOKE_* text by a file's type
         if names & {"YAMLError", "UncastableEnvVar", "AmbiguousEnvVar", "AmbiguousMergeError"}:
             what = {
                 "AmbiguousMergeError": "a key holds the wrong kind of value (e.g. `deploy:` as a "
@@ -367,6 +373,14 @@ def _configuration_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
         previous(kind, error, traceback)
 
     return excepthook
+
+
+def _raised_in_invoke_config(traceback: Any) -> bool:
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_code.co_filename)
+        traceback = traceback.tb_next
+    return any(f.endswith(("invoke/env.py", "invoke/config.py")) for f in frames[-3:])
 
 
 sys.excepthook = _configuration_errors(sys.excepthook)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -222,38 +221,70 @@ def test_failing_second_migration_rolls_every_host_back(app, revert_on_rollback)
     assert json.loads(completed.stdout)["release"] == previous
 
 
-def test_lost_session_during_migrate_switches_every_host_back(app, ssh_cluster):
-    _code, report, _ = deploy_cli(app)
-    previous = report["release"]
+def test_lost_session_during_migrate_waits_for_the_runner_and_keeps_the_new_code(app, ssh_cluster):
+    deploy_cli(app)
     app.repo.commit({"migrations/202601010000_slow.py": SLOW})
     process = app.start_deploy_until(app.facts["marker"])
     migration_host = ssh_cluster.hosts[0]
     assert migration_host.kill_sessions()
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 4, stderr
-    assert migration_host.spec in stderr and "datamig.status" in stderr
-    assert set(app.currents().values()) == {previous}
+    # the runner went on without its client; the deploy waited for it on a new connection,
+    # read the ledger, found every migration applied: the new code stays
+    assert process.returncode == 0, stderr
+    assert "was lost while migrations ran" in stderr
+    assert [r["version"] for r in ledger(app)] == ["202601010000"]
+    current = set(app.currents().values())
+    assert len(current) == 1 and current != {None}
+    assert [r["release"] for r in ledger(app)] == list(current)
     assert not any(app.locked(host) for host in app.names)
-    # the runner went on without its client: once it is done, the ledger says so
-    deadline = time.monotonic() + 20
-    while [r["version"] for r in ledger(app)] != ["202601010000"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+
+
+SLOW_THEN_BOOM = (
+    SLOW
+    + """
+    raise RuntimeError("boom after the connection was gone")
+"""
+)
+
+
+def test_a_migration_failing_after_a_lost_session_is_waited_for_then_undone(app, ssh_cluster):
+    _code, report, _ = deploy_cli(app)
+    previous = report["release"]
+    app.repo.commit(
+        {
+            "migrations/202601010000_create_things.py": CREATE_THINGS,
+            "migrations/202601010100_slow_then_boom.py": SLOW_THEN_BOOM,
+        }
+    )
+    process = app.start_deploy_until(app.facts["marker"])
+    assert ssh_cluster.hosts[0].kill_sessions()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert "202601010100_slow_then_boom" in stderr and "boom after" in stderr
+    assert "stayed applied" in stderr and "202601010000_create_things" in stderr
+    assert set(app.currents().values()) == {previous}
+    # never switched back while the runner could still commit: its attempt ended first
+    failed = [a for a in attempts(app) if a["version"] == "202601010100"][-1]
+    revision = app.revisions(app.names[0])[-1]
+    assert revision["status"] == "failed"
+    assert revision["migration"]["version"] == "202601010100"
+    assert failed["finished_at"].strftime("%Y-%m-%dT%H:%M:%SZ") <= revision["at"]
+    assert things(app) == ["first"]  # the committed migration stayed applied
 
 
 def test_failing_health_check_rolls_back(app):
-    code, report, _ = deploy_cli(app)
+    code, report, _ = deploy_cli(app, health_cmd="test ! -f sick || { echo sick >&2; exit 3; }")
     previous = report["release"]
-    app.repo.bump()
+    app.repo.commit({"sick": "yes\n"})
     code, report, stderr = deploy_cli(
-        app, health_cmd="test -f healthy || { echo sick >&2; exit 3; }"
+        app, health_cmd="test ! -f sick || { echo sick >&2; exit 3; }", health_timeout=2
     )
     assert code == 1, stderr
     assert report["status"] == "rolled_back" and "sick" in report["error"]
     assert set(app.currents().values()) == {previous}
     assert not any(app.locked(host) for host in app.names)
-    app.repo.commit({"healthy": "yes\n"})
-    code, report, stderr = deploy_cli(app, health_cmd="test -f healthy")
+    app.repo.commit({"sick": None})
+    code, report, stderr = deploy_cli(app, health_cmd="test ! -f sick")
     assert code == 0, stderr
 
 
@@ -265,7 +296,8 @@ def test_deploy_json_counts_with_migrations_and_health(app):
     migration_host = app.names[0]
     for host, entry in by_host.items():
         assert entry["connections"] == 1
-        assert entry["commands"] <= (6 if host == migration_host else 5)
+        # preflight, upload, (check), switch, (migrate), restart with health, finish
+        assert entry["commands"] == (7 if host == migration_host else 5), entry
 
 
 def test_status_over_ssh_agrees_with_the_ledger_and_shows_every_state(app):
@@ -302,10 +334,19 @@ def test_status_over_ssh_agrees_with_the_ledger_and_shows_every_state(app):
         if entry["state"] == "applied":
             assert applied[entry["version"]]["release"] == entry["release"] == failed_release
 
-    # inside current (no migration files there): everything in the ledger is missing
+    # inside current (no migration files there): what the ledger applied is missing, and the
+    # failed attempt of the rolled-back release is still shown
     current = app.invoke("datamig.status", "--json")
     assert current.returncode == 0, current.stderr
-    assert {m["state"] for m in json.loads(current.stdout)["migrations"]} == {"missing"}
+    states = {m["version"]: m for m in json.loads(current.stdout)["migrations"]}
+    assert {v: m["state"] for v, m in states.items()} == {
+        "202601010000": "missing",
+        "202601010010": "missing",
+        "202601010050": "missing",
+        "202601010100": "failed",
+    }
+    assert states["202601010100"]["release"] == failed_release
+    assert "boom" in states["202601010100"]["error"]
 
     # every state at once: edit an applied file, delete another, add one after the failing one
     app.repo.commit(
@@ -363,14 +404,14 @@ def test_bad_migration_names_stop_the_build_before_any_connection(app):
     assert app.snapshot() == before
 
 
-def test_preflight_refuses_a_python_without_deploytools(app):
+def test_the_check_step_refuses_a_python_without_deploytools(app):
     assert deploy_cli(app)[0] == 0
     app.repo.commit({"migrations/202601010000_create_things.py": CREATE_THINGS})
     before = app.snapshot()
     entries = [dict(entry, python="/usr/bin/python3 -I -S") for entry in app.entries]
     code, _report, stderr = deploy_cli(app, hosts=entries)
     assert code == 2, stderr  # bad configuration, found before any host changed
-    assert "preflight" in stderr and "deploytools.datamig" in stderr
+    assert "did not start" in stderr and "deploytools" in stderr and "deploy.python" in stderr
     assert app.snapshot() == before and ledger_exists(app) is False
 
 

@@ -278,11 +278,15 @@ def resolve_commit(repo: Path, ref: str) -> tuple[str, str]:
 
 def uncommitted_changes(repo: Path) -> list[str]:
     """Paths with uncommitted changes in the work tree (they are NOT in the release)."""
-    try:
-        out = _git(repo, "status", "--porcelain", "--untracked-files=no")
-    except UsageError:
+    completed = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode:
         return []
-    return [line[3:] for line in out.splitlines() if line.strip()]
+    return [line[3:] for line in completed.stdout.splitlines() if line.strip()]
 
 
 def _problem(member: tarfile.TarInfo, parts: list[str]) -> str | None:

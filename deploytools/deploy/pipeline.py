@@ -35,6 +35,7 @@ from ..exceptions import (
     Interrupted,
     LockHeld,
     NeedsPerson,
+    TransportError,
 )
 from ..hosts import HostGroup
 from ..hosts.transport import Transport
@@ -296,6 +297,7 @@ class Deploy:
         )
         names = [migration_label(m) for m in self.check.pending]
         self.reporter.note("  pending: " + (", ".join(names) if names else "none"))
+        self.result.migrations = self.migrations.report()  # what migrate adds to
         if self.check.pending_in("before_switch"):
             self.migrate("before_switch")
 
@@ -626,7 +628,12 @@ class Deploy:
             faults.point(f"undo:{phase}")
             try:
                 action(host)
-            except Exception:
+            except Exception as error:
+                # a new connection helps when the last one died, not when the host said no
+                if isinstance(error, DeployToolsError) and not (
+                    getattr(error, "retryable", False) or isinstance(error, TransportError)
+                ):
+                    raise
                 host.transport.reconnect()
                 action(host)
 
