@@ -164,3 +164,86 @@ def test_cli_deploy_and_releases_listing(fleet):
         assert sorted(marks.values()) == [(False, True, False), (True, False, False)]
     table = fleet.invoke("releases")
     assert "rollback target" in table.stdout and "current" in table.stdout
+
+
+def _tree(root, release):
+    """{path: (sha256, executable)} of a release as the host holds it, links as ('->', target)."""
+    import hashlib
+
+    base = root / "releases" / release
+    tree = {}
+    for path in sorted(base.rglob("*")):
+        relative = path.relative_to(base).as_posix()
+        if relative in (".release.json", "REVISION"):
+            continue
+        if path.is_symlink():
+            tree[relative] = ("->", os.readlink(path))
+        elif path.is_file():
+            tree[relative] = (
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+                os.access(path, os.X_OK),
+            )
+    return tree
+
+
+def test_a_redeploy_sends_only_what_changed_and_the_host_has_exactly_the_release(fleet):
+    fleet.repo.commit(
+        {
+            "keep.txt": "unchanged\n" * 1000,
+            "gone.txt": "to be deleted\n",
+            "tool.sh": "echo hi\n",
+            "docs/a.md": "a\n",
+        }
+    )
+    (fleet.repo.path / "link").symlink_to("keep.txt")
+    fleet.repo.commit({}, "a link")
+    first = deploy(fleet.settings())
+    # the app writes into its release at run time (bytecode caches): never carried over
+    for root in fleet.roots.values():
+        cache = root / "releases" / first.release / "__pycache__"
+        cache.mkdir()
+        (cache / "app.cpython-311.pyc").write_bytes(b"stale")
+    fleet.repo.commit({"app.py": "VERSION = 'two'\n", "gone.txt": None})
+    (fleet.repo.path / "tool.sh").chmod(0o755)
+    (fleet.repo.path / "link").unlink()
+    (fleet.repo.path / "link").symlink_to("docs/a.md")
+    fleet.repo.commit({}, "mode and link")
+    second = deploy(fleet.settings())
+    expected = {
+        path: value for path, value in _tree(fleet.root(fleet.names[0]), second.release).items()
+    }
+    assert "gone.txt" not in expected and "__pycache__/app.cpython-311.pyc" not in expected
+    assert expected["tool.sh"][1] is True and expected["link"] == ("->", "docs/a.md")
+    for host in second.hosts:
+        # app.py, tool.sh (mode) and the link changed; keep.txt, docs/ and tasks.py are reused
+        assert host["files_sent"] == 3, host
+        assert _tree(fleet.roots[host["host"]], second.release) == expected
+    root = fleet.root(fleet.names[0])
+    kept = root / "releases" / second.release / "keep.txt"
+    assert kept.stat().st_ino == (root / "releases" / first.release / "keep.txt").stat().st_ino
+
+
+def test_hosts_on_different_releases_each_get_their_own_delta(ssh_fleet):
+    first = deploy(ssh_fleet.settings())
+    ssh_fleet.repo.commit({"only_on_one.txt": "x\n" * 5000})
+    deploy(ssh_fleet.settings(hosts=ssh_fleet.names[0]))
+    ssh_fleet.repo.commit({"app.py": "VERSION = 'three'\n"})
+    third = deploy(ssh_fleet.settings())
+    sent = {h["host"]: h["files_sent"] for h in third.hosts}
+    assert sent[ssh_fleet.names[0]] == 1  # app.py: it already has only_on_one.txt
+    assert all(sent[name] == 2 for name in ssh_fleet.names[1:])  # app.py and the new file
+    trees = {_tree(ssh_fleet.roots[n], third.release).__repr__() for n in ssh_fleet.names}
+    assert len(trees) == 1
+    assert first.release in ssh_fleet.releases(ssh_fleet.names[1])
+
+
+def test_a_file_edited_in_a_previous_release_is_sent_again(fleet):
+    fleet.repo.commit({"data.txt": "original\n"})
+    first = deploy(fleet.settings())
+    for root in fleet.roots.values():  # someone edits a live release in place
+        (root / "releases" / first.release / "data.txt").write_text("tampered\n")
+    fleet.repo.bump()
+    second = deploy(fleet.settings())
+    for root in fleet.roots.values():
+        assert (root / "releases" / second.release / "data.txt").read_text() == "original\n"
+    assert all(h["files_sent"] == 2 for h in second.hosts)  # app.py, then data.txt repaired

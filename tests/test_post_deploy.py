@@ -484,3 +484,75 @@ def test_datamig_apply_over_ssh_runs_what_current_has_pending(app):
     assert again["applied"] == [] and again["pending_before"] == 0
     human = app.invoke("datamig.apply")
     assert human.returncode == 0 and "nothing to apply" in human.stdout
+
+
+RECORD_CURRENT = '''"""Record where current points while it runs (the expand step of a deploy)."""
+import os
+import pathlib
+
+import sqlalchemy as sa
+
+phase = "before_switch"
+
+
+def run(ctx):
+    current = pathlib.Path.cwd().parent.parent / "current"
+    seen = os.readlink(current).rsplit("/", 1)[-1] if current.is_symlink() else "none"
+    ctx.db.execute(sa.text("CREATE TABLE seen (release text, current text)"))
+    ctx.db.execute(
+        sa.text("INSERT INTO seen VALUES (:r, :c)"), {"r": ctx.release, "c": seen}
+    )
+'''
+
+LATE_BOOM = '''"""Runs once the new code is live and healthy; fails."""
+phase = "after_restart"
+
+
+def run(ctx):
+    raise RuntimeError("late boom: the contract step failed")
+'''
+
+
+def test_before_switch_migrations_run_while_the_old_code_is_live(app):
+    _code, report, _ = deploy_cli(app)
+    previous = report["release"]
+    app.repo.commit({"migrations/202601010000_record_current.py": RECORD_CURRENT})
+    code, report, stderr = deploy_cli(app)
+    assert code == 0, stderr
+    engine = sa.create_engine(app.facts["pg_url"])
+    with engine.connect() as db:
+        rows = db.execute(sa.text("SELECT release, current FROM seen")).all()
+    engine.dispose()
+    assert rows == [(report["release"], previous)]  # the old release was current meanwhile
+    assert set(app.currents().values()) == {report["release"]}
+    assert report["migrations"]["phases"]["before_switch"] == ["202601010000_record_current"]
+
+
+def test_a_failing_before_switch_migration_switches_nothing(app):
+    _code, report, _ = deploy_cli(app)
+    previous = report["release"]
+    app.repo.commit({"migrations/202601010000_boom.py": BOOM + '\nphase = "before_switch"\n'})
+    before = app.snapshot()
+    code, report, stderr = deploy_cli(app)
+    assert code == 1, stderr
+    assert "202601010000_boom" in report["error"]
+    assert set(app.currents().values()) == {previous}
+    assert app.snapshot() == before
+    assert ledger(app) == []
+
+
+def test_a_failing_after_restart_migration_leaves_the_new_code_live(app):
+    deploy_cli(app)
+    app.repo.commit(
+        {
+            "migrations/202601010000_create_things.py": CREATE_THINGS,
+            "migrations/202601010100_late_boom.py": LATE_BOOM,
+        }
+    )
+    code, report, stderr = deploy_cli(app, health_cmd="true")
+    assert code == 4, stderr
+    assert "202601010100_late_boom" in report["error"] and "stays live" in report["error"]
+    assert report["status"] == "succeeded"
+    assert set(app.currents().values()) == {report["release"]}
+    assert [r["version"] for r in ledger(app)] == ["202601010000"]
+    assert not any(app.locked(host) for host in app.names)

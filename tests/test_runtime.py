@@ -347,3 +347,61 @@ def test_a_hook_past_the_command_timeout_is_cut_off_and_nothing_switches(web):
         deploy(web.settings(**runtime))
     assert all(current is None for current in web.currents().values())
     assert not any(web.locked(h) for h in web.names)
+
+
+USES_THE_ENVIRONMENT = '''"""Needs a package only the release's lock file provides."""
+import sys
+
+import sqlalchemy as sa
+import tinyapp_dep
+
+
+def run(ctx):
+    ctx.db.execute(sa.text("CREATE TABLE runner (python text, dep text)"))
+    ctx.db.execute(
+        sa.text("INSERT INTO runner VALUES (:p, :d)"),
+        {"p": sys.executable, "d": tinyapp_dep.VERSION},
+    )
+'''
+
+
+def test_deploytools_on_the_hosts_comes_from_the_apps_own_lock_file(ssh_fleet, wheelhouse, pg_url):
+    """The demo app lists deploytools (a local wheel) with its dependencies: the hosts run
+    the runner from the release's environment, and a migration imports a package that only
+    the lock file brings."""
+    import sqlalchemy as sa
+
+    for root in ssh_fleet.roots.values():
+        (root / "shared" / ".env").write_text(f"DATABASE_URL={pg_url}\n")
+    ssh_fleet.repo.commit(
+        {
+            "requirements.txt": "deploytools\ntinyapp-dep==1.0\n",
+            "migrations/202601010000_uses_the_environment.py": USES_THE_ENVIRONMENT,
+        }
+    )
+    # deploy.python points nowhere: with an environment the runner is .venv/bin/python
+    entries = [{**entry, "python": "/nonexistent/python3"} for entry in ssh_fleet.entries]
+    completed = ssh_fleet.invoke(
+        "deploy",
+        "--json",
+        hosts=entries,
+        install_args=["--no-index", "--find-links", str(wheelhouse)],
+        installer="pip",
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "deploy.python" in completed.stderr and "ignored" in completed.stderr
+    report = json.loads(completed.stdout)
+    assert [m["name"] for m in report["migrations"]["applied"]] == ["uses_the_environment"]
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as db:
+        ((python, dep),) = db.execute(sa.text("SELECT python, dep FROM runner")).all()
+    engine.dispose()
+    migration_root = ssh_fleet.root(ssh_fleet.names[0])
+    assert python.startswith(str(migration_root / "releases" / report["release"] / ".venv"))
+    assert dep == "1.0"
+    env = (migration_root / "releases" / report["release"] / ".venv").resolve()
+    installed = {
+        p.name.split("-")[0].lower()
+        for p in (env / "lib").glob("python*/site-packages/*.dist-info")
+    }
+    assert {"deploytools", "fabric", "sqlalchemy", "psycopg", "tinyapp_dep"} <= installed

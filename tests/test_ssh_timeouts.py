@@ -155,8 +155,8 @@ def test_an_upload_that_stops_moving_fails_after_command_timeout(ssh_cluster, de
     large.write_bytes(os.urandom(16 << 20))
     before = set(host.session_pids())
     transport.put(small, str(deploy_dir / "small.copy"))  # opens the SFTP session
-    (session,) = set(host.session_pids()) - before
-    sftp = [pid for pid in descendants(session) if "sftp" in title(pid)]
+    new = set(host.session_pids()) - before  # the session's sshd processes (and children)
+    sftp = sorted({pid for s in new for pid in (s, *descendants(s)) if "sftp" in title(pid)})
     assert sftp, "no SFTP server process found"
     try:
         with stopped(sftp), pytest.raises(TransportError) as raised:

@@ -280,6 +280,11 @@ class Deploy:
         if not self.release.migrations:
             return
         self.reporter.phase("check", f"migrations on {self.migration_host}")
+        if self.release.lock_file and self.settings.migrate_on.python:
+            self.reporter.warn(
+                f"deploy.python ({self.settings.migrate_on.python}) is ignored: the release has "
+                f"an environment ({self.release.lock_file.name}), whose python runs the runner"
+            )
         started = time.monotonic()
         self.check = self._runner().check(
             f"releases/{self.release.id}", owner=self.owner.at("check")
