@@ -360,11 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         return redact(text, secrets)
 
     json_mode = "--json" in argv
-    command = next((word for word in argv if word in COMMANDS), "")
+    command = next((word for word in argv if word in COMMANDS), "")  # until parsed
     result, error_text, code, fields = None, None, 0, {}
     pump = OutputPump(redactor)
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         secrets[:] = collect_secrets(args.database_url, dict(os.environ))
         interrupts.install()
         pump.start()
