@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import logging
 import os
 import shutil
 import statistics
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--applied", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    logging.getLogger("deploytools").setLevel(logging.ERROR)  # its warnings, once per call
 
     directory = Path(tempfile.mkdtemp(prefix="bench-status-"))
     try:

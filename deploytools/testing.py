@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from deploytools.datamig import ledger
-from deploytools.datamig.context import MigrationContext, RedisConnector
+from deploytools.datamig.context import MigrationConnection, MigrationContext, RedisConnector
 from deploytools.datamig.discovery import (
     FILE_NAME,
     MigrationFile,
@@ -115,6 +115,25 @@ def _diff(first: Snapshot, second: Snapshot) -> str:
     return text if len(text) < 20_000 else text[:20_000] + "\n... (diff truncated)"
 
 
+def _run_once(
+    engine: sa.Engine,
+    module: ModuleType,
+    context: Callable[[sa.Connection], MigrationContext],
+) -> None:
+    """``run(ctx)`` in a transaction of its own that only the helper ends, as the runner does."""
+    conn = MigrationConnection(engine)
+    try:
+        conn.begin()
+        with conn.guarded():
+            module.run(context(conn))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
 def assert_idempotent(
     migration: str | Path | ModuleType,
     *,
@@ -130,8 +149,10 @@ def assert_idempotent(
 
     ``migration`` is a migration file's path or an imported module. ``setup(ctx)``, if given,
     runs once before, in its own committed transaction (create and fill tables there). Each run
-    gets a ``ctx`` like the runner's, in its own committed transaction; no ledger is written.
-    Returns the snapshot after the second run, for further assertions.
+    gets a ``ctx`` like the runner's, in its own committed transaction: ``ctx.db`` refuses
+    ``commit()`` as in production, and ``ctx.batches`` walks its query in one transaction (no
+    checkpoints: no ledger is written). Returns the snapshot after the second run, for further
+    assertions.
     """
     module = load_migration(migration)
     version, name = _identity(module)
@@ -157,8 +178,7 @@ def assert_idempotent(
                 setup(context(conn))
         snapshots = []
         for _ in range(2):
-            with engine.begin() as conn:
-                module.run(context(conn))
+            _run_once(engine, module, context)
             with engine.connect() as conn:
                 snapshots.append(snapshot(conn, redis.client if redis_url else None, tables))
     finally:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -313,3 +314,39 @@ def test_a_bad_batch_size_is_a_clear_failure(size, backend, release):
     )
     result = runner.apply(backend.settings(release / "migrations"))
     assert "size must be a whole number >= 1" in result.failed.error
+
+
+def test_the_readme_backfill_example_runs(pg_url, redis_url, release, monkeypatch):
+    """The worked example of README.md, "Writing a long migration", as written there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Writing a long migration", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY, quantity INTEGER, "
+                "unit_cents INTEGER, total_cents INTEGER)"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO orders SELECT i, i % 7, 250, NULL FROM generate_series(1, 2500) i")
+        )
+    client = redis.Redis.from_url(redis_url)
+    client.set("order:5:total", "stale")
+    (release / "migrations" / "202401010000_fill_total_cents.py").write_text(example)
+    pauses: list[float] = []
+    settings = runner.Settings(
+        path=release / "migrations", database_url=pg_url, redis_url=redis_url
+    )
+    monkeypatch.setattr(batches, "_sleep", pauses.append)
+    result = runner.apply(settings)
+    assert result.ok, result.failed
+    with engine.connect() as conn:
+        wrong = conn.execute(
+            sa.text("SELECT count(*) FROM orders WHERE total_cents <> quantity * unit_cents")
+        ).scalar()
+    engine.dispose()
+    assert wrong == 0 and client.get("order:5:total") is None
+    assert pauses == [0.05, 0.05]  # after the two full batches of 1,000
+    assert [m.phase for m in runner.status(settings).migrations] == ["after_restart"]

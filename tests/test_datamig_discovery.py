@@ -13,10 +13,12 @@ import pytest
 from deploytools.datamig.discovery import (
     MigrationFile,
     check_migration_names,
+    check_phase,
     defines_revert,
     discover,
     load_module,
     pad_version,
+    source_phase,
 )
 from deploytools.datamig.envfile import load_env_file, parse_env_file
 from deploytools.datamig.new import new_migration
@@ -230,8 +232,11 @@ def test_new_migration_from_the_template(tmp_path):
     assert text.startswith('"""Migrate flags to redis.')
     assert "def run(ctx):" in text and "# def revert(ctx):" in text
     compile(text, str(path), "exec")
-    assert [m.version for m in discover(path.parent)] == ["20200211131905"]
+    assert [(m.version, m.phase) for m in discover(path.parent)] == [
+        ("20200211131905", "after_switch")
+    ]
     module = load_module(discover(path.parent)[0])
+    assert module.phase == "after_switch"
     with pytest.raises(NotImplementedError):
         module.run(None)
 
@@ -245,3 +250,28 @@ def test_new_migration_refuses_bad_names_and_taken_versions(tmp_path):
     with pytest.raises(UsageError, match=r"202101010000_older_form\.py"):
         new_migration(tmp_path, "another", now=now)
     assert new_migration(tmp_path, "another", now=now + timedelta(seconds=1)).exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "phase"),
+    [
+        ("def run(ctx):\n    pass\n", "after_switch"),
+        ("phase = 'before_switch'\n", "before_switch"),
+        ('"""Doc."""\nphase: str = "after_restart"  # contract\n', "after_restart"),
+        ("phase = 'typo'\n", "typo"),  # read as written; check_phase refuses it
+        ("phase = 'before_' + 'switch'\n", None),  # not a literal
+        ("def run(ctx):\n    phase = 'before_switch'\n", "after_switch"),  # not top level
+        ("phase_of_moon = 3\n", "after_switch"),
+        ("phase = 'before_switch'\nphase = 'after_restart'\n", "after_restart"),
+    ],
+)
+def test_the_phase_is_read_from_the_source(source, phase):
+    assert source_phase(source.encode()) == phase
+
+
+def test_check_phase_names_the_file_and_the_choices():
+    migration = MigrationFile("202001010000", "x", "202001010000_x.py", phase="typo")
+    with pytest.raises(MigrationFileError) as error:
+        check_phase(migration)
+    assert "202001010000_x.py" in str(error.value) and "'before_switch'" in str(error.value)
+    assert check_phase(migration, "after_restart") == "after_restart"

@@ -358,3 +358,68 @@ def test_env_file_secrets_never_leak(ending, tmp_path, release, pg_url):
         assert data["failed"]["error"] == "the migration exited the process (sys.exit('***'))"
     else:
         assert "no_such_table" in data["failed"]["error"]
+
+
+def test_check_refuses_a_database_user_that_cannot_write_the_ledger(pg_url, release):
+    """A role without CREATE on the schema (PostgreSQL 15's default for new roles) cannot make
+    the ledger; once it exists, a role without INSERT cannot write it."""
+    write(release / "migrations", "202001010000_fine.py", "def run(ctx):\n    pass\n")
+    role = f"reader_{pg_url.rsplit('/', 1)[1]}"
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    reader_url = pg_url.replace("postgres@", f"{role}@")
+
+    answer = cli("check", "--json", "--database-url", reader_url, cwd=release)
+    assert answer.returncode == 2, answer.stderr
+    assert "cannot create the ledger tables" in json.loads(answer.stdout)["error"]
+
+    assert runner.apply(runner.Settings(path=release / "migrations", database_url=pg_url)).ok
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+    answer = cli("check", "--json", "--database-url", reader_url, cwd=release)
+    engine.dispose()
+    assert answer.returncode == 2, answer.stderr
+    assert "cannot write the data_migrations table" in json.loads(answer.stdout)["error"]
+
+
+def test_output_reaches_stderr_as_it_happens(backend, release, tmp_path):
+    go = tmp_path / "go"
+    write(
+        release / "migrations",
+        "202001010000_talks.py",
+        f"""
+        import pathlib, subprocess, time
+
+        def run(ctx):
+            print("printed before waiting")
+            ctx.log.info("logged before waiting")
+            subprocess.run(["echo", "child output before waiting"], check=True)
+            while not pathlib.Path({str(go)!r}).exists():
+                time.sleep(0.02)
+            print("printed after")
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploytools.datamig", "apply", "--json", *backend.cli_args()],
+        cwd=release,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wanted = ["printed before waiting", "logged before waiting", "child output before waiting"]
+    seen = ""
+    try:
+        # The migration is still waiting: these lines can only come from live streaming.
+        while not all(text in seen for text in wanted):
+            line = process.stderr.readline()
+            assert line, f"stderr ended early: {seen}"
+            seen += line
+        assert process.poll() is None
+    finally:
+        go.touch()
+    stdout, rest = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    assert "printed after" in rest
+    assert json.loads(stdout)["applied"][0]["name"] == "talks"

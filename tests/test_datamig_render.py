@@ -65,6 +65,7 @@ def build_every_state(tmp_path):
                 ledger.utcnow(),
                 "20240101120000-abc1234",
             ),
+            exists=False,
         )
     engine.dispose()
     return root, release

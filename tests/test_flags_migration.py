@@ -1,4 +1,5 @@
-"""The example migration from the article: feature_flags rows -> the Redis hash feature_flags."""
+"""The example migration from the article: feature_flags rows -> the Redis hash feature_flags,
+each flag published once per run on the feature_flags channel."""
 
 from __future__ import annotations
 
@@ -38,6 +39,31 @@ def fill_feature_flags(engine: sa.Engine, rows: int) -> dict[bytes, bytes]:
                 [{"name": f"flag_{i:06d}", "enabled": i % 3 == 0} for i in range(1, rows + 1)],
             )
     return {f"flag_{i:06d}".encode(): b"1" if i % 3 == 0 else b"0" for i in range(1, rows + 1)}
+
+
+class Subscriber:
+    """Collects the messages of the feature_flags channel while migrations run."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe("feature_flags")
+        assert self.pubsub.get_message(timeout=5) is None  # the confirmation is skipped
+
+    def messages(self) -> list[bytes]:
+        """Every message published since the last call: read up to a marker published now, so
+        nothing depends on timing."""
+        self.client.publish("feature_flags", "__end__")
+        received = []
+        for message in self.pubsub.listen():
+            if message["data"] == b"__end__":
+                return received
+            received.append(message["data"])
+        raise AssertionError("the subscription ended")
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
 
 
 def run_again(database: ledger.LedgerDatabase, redis_url: str) -> int:
@@ -80,19 +106,24 @@ def test_flags_copied_exactly_idempotent_and_reverted(kind, rows, request, tmp_p
     engine.dispose()
     client = redis.Redis.from_url(redis_url)
     client.config_resetstat()
+    subscriber = Subscriber(redis_url)
+    announced = sorted(name + b"=" + value for name, value in expected.items())
 
     result = runner.apply(settings)
 
     assert result.ok and [d.version for d in result.applied] == [VERSION]
     assert client.keys("*") == [b"feature_flags"]
     assert client.hgetall("feature_flags") == expected
+    assert sorted(subscriber.messages()) == announced  # every flag, exactly once
     # Batched: one HSET per 1,000 flags, never one round trip per flag.
     hset_calls = client.info("commandstats")["cmdstat_hset"]["calls"]
     assert hset_calls == -(-rows // 1000)
 
-    peak = run_again(database, redis_url)  # a second run changes nothing
+    peak = run_again(database, redis_url)  # a second run changes nothing but notifies again
     assert client.keys("*") == [b"feature_flags"]
     assert client.hgetall("feature_flags") == expected
+    assert sorted(subscriber.messages()) == announced
+    subscriber.close()
     if kind == "postgresql":
         # Streamed: loading 100,000 rows into a list would take well over 10 MB.
         assert peak < 4_000_000, f"peak {peak} bytes while copying {rows} flags"

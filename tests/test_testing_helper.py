@@ -9,6 +9,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from deploytools.datamig.context import TransactionControlError
 from deploytools.testing import assert_idempotent, load_migration
 
 FLAGS = (
@@ -113,3 +114,49 @@ def test_every_redis_type_is_compared(pg_url, redis_url, tmp_path):
     )
     with pytest.raises(AssertionError, match="redis b'l'"):
         assert_idempotent(load_migration(pushes), database_url=pg_url, redis_url=redis_url)
+
+
+def test_a_migration_that_commits_fails_here_as_in_production(tmp_path, redis_url):
+    committer = write(
+        tmp_path,
+        "202001010000_commits.py",
+        """
+        def run(ctx):
+            ctx.db.commit()
+        """,
+    )
+    with pytest.raises(TransactionControlError, match="a migration must not commit"):
+        assert_idempotent(committer, database_url=f"sqlite:///{tmp_path / 'app.sqlite3'}")
+
+
+def test_a_batched_migration_is_checked_in_one_transaction(tmp_path):
+    batched = write(
+        tmp_path,
+        "202001010000_batched.py",
+        """
+        import sqlalchemy as sa
+
+        items = sa.table("items", sa.column("id"), sa.column("doubled"))
+
+        def run(ctx):
+            for batch in ctx.batches(sa.select(items.c.id), key=items.c.id, size=7):
+                ids = [row.id for row in batch]
+                ctx.db.execute(
+                    sa.update(items).where(items.c.id.in_(ids)).values(doubled=items.c.id * 2)
+                )
+        """,
+    )
+
+    def setup(ctx):
+        ctx.db.execute(sa.text("CREATE TABLE items (id INTEGER PRIMARY KEY, doubled INTEGER)"))
+        ctx.db.execute(
+            sa.text("INSERT INTO items (id) VALUES (:id)"), [{"id": i} for i in range(50)]
+        )
+
+    state = assert_idempotent(
+        batched,
+        database_url=f"sqlite:///{tmp_path / 'app.sqlite3'}",
+        tables=["items"],
+        setup=setup,
+    )
+    assert state["tables"]["items"] == sorted(((i, i * 2) for i in range(50)), key=repr)

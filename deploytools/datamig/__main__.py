@@ -16,6 +16,7 @@ the run cleanly (:mod:`.interrupts`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -322,7 +323,7 @@ def _error_message(error: BaseException) -> str:
 
 
 def answer(
-    command: str, result: Any, error: str | None, exit_code: int, fields: dict[str, Any]
+    result: Any, error: str | None, exit_code: int, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """The one JSON object of ``--json``: the result (if any), what the error knew (e.g. the
     ledger), and ``error``/``exit_code`` when the command failed."""
@@ -360,11 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         return redact(text, secrets)
 
     json_mode = "--json" in argv
-    command = next((word for word in argv if word in COMMANDS), "")
+    command = next((word for word in argv if word in COMMANDS), "")  # until parsed
     result, error_text, code, fields = None, None, 0, {}
     pump = OutputPump(redactor)
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         secrets[:] = collect_secrets(args.database_url, dict(os.environ))
         interrupts.install()
         pump.start()
@@ -379,12 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code_for(error)
         error_text = _error_message(error)
         fields = getattr(error, "fields", {})
-        print(redactor(f"datamig: error: {error_text}"), file=sys.stderr, flush=True)
     finally:
+        if error_text is not None:
+            with contextlib.suppress(OSError, ValueError):
+                print(redactor(f"datamig: error: {error_text}"), file=sys.stderr, flush=True)
         pump.stop()
     out = RedactingWriter(SafeWriter(1), redactor)
     if json_mode:
-        data = redact_data(answer(command, result, error_text, code, fields), redactor)
+        data = redact_data(answer(result, error_text, code, fields), redactor)
         out.write(json.dumps(data) + "\n")
     elif command == "status" and result is not None:
         # masked before the table wraps long cells (a secret cut in two would escape masking)

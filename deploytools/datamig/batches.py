@@ -71,10 +71,12 @@ class Walker:
     def commit(self, checkpoint: ledger.Checkpoint) -> None:
         """Commit the batch's writes with its checkpoint, then begin the next transaction.
         A signal arriving meanwhile waits until both are done."""
+        exists = checkpoint.walk in self.saved
         with interrupts.held(), self.conn.unguarded():
-            ledger.save_checkpoint(self.conn, checkpoint)
+            ledger.save_checkpoint(self.conn, checkpoint, exists=exists)
             self.conn.commit()
             self.conn.begin()
+        self.saved[checkpoint.walk] = checkpoint
         self.batches_committed += 1
 
 

@@ -457,16 +457,24 @@ def settle_interrupted(conn: Connection) -> list[str]:
     return versions
 
 
-def save_checkpoint(conn: Connection, checkpoint: Checkpoint) -> None:
-    """Insert or update a walk's checkpoint, in the caller's transaction."""
-    t = data_migration_checkpoints
-    values = checkpoint.__dict__
-    where = (t.c.version == checkpoint.version) & (t.c.walk == checkpoint.walk)
-    updated = conn.execute(
-        sa.update(t).where(where).values(**values), execution_options=_WRITE_OPTIONS
-    )
-    if updated.rowcount == 0:
-        conn.execute(sa.insert(t).values(**values), execution_options=_WRITE_OPTIONS)
+# Built once: a checkpoint is written after every batch, and building a statement costs more
+# than sending it.
+_INSERT_CHECKPOINT = sa.insert(data_migration_checkpoints)
+_UPDATE_CHECKPOINT = sa.update(data_migration_checkpoints).where(
+    (data_migration_checkpoints.c.version == sa.bindparam("key_version"))
+    & (data_migration_checkpoints.c.walk == sa.bindparam("key_walk"))
+)
+
+
+def save_checkpoint(conn: Connection, checkpoint: Checkpoint, *, exists: bool) -> None:
+    """Write a walk's checkpoint in the caller's transaction: an UPDATE when its row
+    ``exists``, else an INSERT."""
+    values = dict(checkpoint.__dict__)
+    if exists:
+        values["key_version"], values["key_walk"] = values.pop("version"), values.pop("walk")
+        conn.execute(_UPDATE_CHECKPOINT, values, execution_options=_WRITE_OPTIONS)
+    else:
+        conn.execute(_INSERT_CHECKPOINT, values, execution_options=_WRITE_OPTIONS)
 
 
 def delete_checkpoints(conn: Connection, version: str) -> None:

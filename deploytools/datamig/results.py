@@ -159,7 +159,6 @@ class CheckReport:
     ledger: str
     ledger_id: str | None
     warnings: list[str] = field(default_factory=list)
-    ok = True
 
     def to_json(self) -> dict[str, Any]:
         return {

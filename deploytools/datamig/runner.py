@@ -18,6 +18,7 @@ The order of work is what makes the runner safe to run from several places at on
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -395,7 +396,7 @@ def status(settings: Settings) -> StatusReport:
         _engine(database) as engine,
     ):
         book = _read_ledger_if_present(database, engine)
-        lines = _states(files, book, lambda: runner_active(database, engine))
+        lines = _states(files, book, functools.cache(lambda: runner_active(database, engine)))
     return StatusReport(
         lines,
         ledger=database.display,
@@ -493,7 +494,7 @@ def apply(settings: Settings) -> ApplyResult:
             _engine(database) as engine,
         ):
             book = _read_ledger_if_present(database, engine)
-            lines = _states(files, book, lambda: runner_active(database, engine))
+            lines = _states(files, book, functools.cache(lambda: runner_active(database, engine)))
             _refuse_renamed(files, book)
             pending = _pending(files, book, settings.phase)
         return ApplyResult(
