@@ -247,3 +247,21 @@ def test_a_file_edited_in_a_previous_release_is_sent_again(fleet):
     for root in fleet.roots.values():
         assert (root / "releases" / second.release / "data.txt").read_text() == "original\n"
     assert all(h["files_sent"] == 2 for h in second.hosts)  # app.py, then data.txt repaired
+
+
+def test_the_build_directory_of_a_killed_deploy_is_removed_by_the_next_one(fleet, tmp_path):
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no process has now
+    stale = Path(tempfile.gettempdir()) / f"deploytools-{dead.pid}-x1y2z3"
+    stale.mkdir()
+    (stale / "tree.tar").write_bytes(b"left by a deploy killed with SIGKILL")
+    alive = Path(tempfile.gettempdir()) / f"deploytools-{os.getpid()}-mine"
+    alive.mkdir()
+    deploy(fleet.settings())
+    assert not stale.exists()
+    assert alive.exists()  # a live process's directory is never touched
+    alive.rmdir()

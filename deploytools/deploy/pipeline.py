@@ -20,6 +20,8 @@ connection during migrate the runner is stopped (or waited for) first and the le
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -50,7 +52,7 @@ from ..layout import (
     switch_back_script,
     switch_script,
 )
-from ..lock import LockOwner, deployer, utc_now
+from ..lock import LockOwner, deployer, process_started_at, utc_now
 from ..output import Reporter
 from ..revisions import Revision, releases_to_remove, rollback_target
 from ..runner_client import CheckReport, Runner, migration_label
@@ -100,9 +102,10 @@ def deploy(
     whose ``result`` attribute holds the DeployResult (its exit code says what happened)."""
     reporter = reporter or Reporter()
     hosts = _involved(settings)
+    remove_stale_workdirs()
     with (
         interruptible() as interrupts,
-        tempfile.TemporaryDirectory(prefix="deploytools-") as workdir,
+        tempfile.TemporaryDirectory(prefix=f"deploytools-{os.getpid()}-") as workdir,
         HostGroup(settings, hosts) as group,
     ):
         group.connect_in_background()  # connecting overlaps with the build
@@ -111,6 +114,19 @@ def deploy(
         run = Deploy(settings, group, release, reporter, interrupts, new_ledger=new_ledger)
         run.result.phases["build"] = round(time.monotonic() - started, 3)
         return run.execute()
+
+
+def remove_stale_workdirs() -> None:
+    """The build directories of deploys killed on this machine (``deploytools-<pid>-*`` whose
+    process is gone): a killed process cannot clean up after itself."""
+    for path in Path(tempfile.gettempdir()).glob("deploytools-*-*"):
+        pid = path.name.split("-")[1]
+        try:
+            mine = path.is_dir() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and process_started_at(int(pid)) is None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _involved(settings: Settings) -> list[Target]:
