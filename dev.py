@@ -114,31 +114,56 @@ def pyproject() -> dict:
     return tomllib.loads((HERE / "pyproject.toml").read_text())
 
 
+def host_pythons() -> list[str]:
+    """The interpreters the test hosts build environments with (the system ``python3`` on
+    their PATH) and this one: dependency markers differ between patch releases (redis needs
+    async-timeout below 3.11.3), so each resolves its own wheels."""
+    pythons = [sys.executable]
+    system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if system and Path(system).resolve() != Path(sys.executable).resolve():
+        pythons.append(system)
+    return pythons
+
+
+def pip_of(python: str) -> list[str]:
+    """A pip that runs under ``python`` (Debian's python3 may have none: a venv of it has)."""
+    if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return [python, "-m", "pip"]
+    helper = WHEELHOUSE / f".pip-{Path(python).name}"
+    if not (helper / "bin" / "pip").exists():
+        subprocess.run([python, "-m", "venv", str(helper)], check=True, capture_output=True)
+    return [str(helper / "bin" / "python"), "-m", "pip"]
+
+
 def fill_wheelhouse() -> None:
     """Wheels of deploytools' dependencies in .wheelhouse/, for the tests that build a
     release's environment with ``--no-index``: reused when complete, else fetched from the
-    package registry (once per run at most)."""
+    package registry (once per run at most), for every Python the hosts may use."""
     requirements = pyproject()["project"]["dependencies"]
-    download = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"]
-    download += ["--dest", str(WHEELHOUSE)]
     WHEELHOUSE.mkdir(exist_ok=True)
-    cached = subprocess.run(
-        [*download, "--isolated", "--no-index", "--find-links", str(WHEELHOUSE), *requirements],
-        capture_output=True,
-    )
-    if cached.returncode == 0:
-        return
-    print("fetching the wheels of deploytools' dependencies into .wheelhouse/ ...", flush=True)
-    fetched = subprocess.run([*download, *requirements], capture_output=True, text=True)
-    if fetched.returncode != 0:
-        tail = "\n".join(fetched.stderr.strip().splitlines()[-5:])
+    for python in host_pythons():
+        download = [*pip_of(python), "download", "-q", "--only-binary=:all:"]
+        download += ["--disable-pip-version-check", "--dest", str(WHEELHOUSE)]
+        cached = subprocess.run(
+            [*download, "--isolated", "--no-index", "--find-links", str(WHEELHOUSE), *requirements],
+            capture_output=True,
+        )
+        if cached.returncode == 0:
+            continue
         print(
-            "warning: .wheelhouse/ is incomplete and could not be filled from the package "
-            "registry: the tests that install environments offline will fail. Run `python3 "
-            f"dev.py test` again once the registry is reachable. pip said:\n{tail}",
-            file=sys.stderr,
+            f"fetching the wheels of deploytools' dependencies for {python} into .wheelhouse/ ...",
             flush=True,
         )
+        fetched = subprocess.run([*download, *requirements], capture_output=True, text=True)
+        if fetched.returncode != 0:
+            tail = "\n".join(fetched.stderr.strip().splitlines()[-5:])
+            print(
+                "warning: .wheelhouse/ is incomplete and could not be filled from the package "
+                "registry: the tests that install environments offline will fail. Run `python3 "
+                f"dev.py test` again once the registry is reachable. pip said:\n{tail}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def run(command: list[str]) -> int:

@@ -13,6 +13,7 @@ fails: a lock it took is released, a partial release it unpacked is removed.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,8 +53,56 @@ class Code(IntEnum):
 
 @cache
 def library() -> str:
-    """The shell library every script starts with."""
+    """The shell library scripts are made from."""
     return resources.files("deploytools").joinpath("scripts/lib.sh").read_text()
+
+
+@cache
+def _library_parts() -> tuple[str, dict[str, str]]:
+    """The library's preamble (options, the EXIT trap) and the text of each function; comment
+    lines are dropped (they cost bytes on the wire, every command)."""
+    preamble: list[str] = []
+    functions: dict[str, str] = {}
+    current = None
+    for line in library().splitlines(keepends=True):
+        if current is None:
+            start = _FUNCTION.match(line)
+            if start:
+                functions[start[1]] = line
+                current = None if line.rstrip().endswith("}") else start[1]
+            elif line.strip() and not line.lstrip().startswith("#"):
+                preamble.append(line)
+            continue
+        if not line.lstrip().startswith("#"):
+            functions[current] += line
+        if line.startswith("}"):
+            current = None
+    return "".join(preamble), functions
+
+
+@cache
+def _needed(names: frozenset[str]) -> tuple[str, ...]:
+    """``names`` and every library function they use, in library order."""
+    preamble, functions = _library_parts()
+    needed: set[str] = set()
+    todo = [n for n in names | set(_WORD.findall(preamble)) if n in functions]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += [w for w in _WORD.findall(functions[name]) if w in functions]
+    return tuple(name for name in functions if name in needed)
+
+
+def library_for(names: Iterable[str]) -> str:
+    """The part of the library a script calling ``names`` needs (all of it for no names)."""
+    preamble, functions = _library_parts()
+    chosen = _needed(frozenset(names)) if names else tuple(functions)
+    return preamble + "".join(functions[name] for name in chosen)
+
+
+_FUNCTION = re.compile(r"^([a-z_]+)\(\) \{")
+_WORD = re.compile(r"[a-z_]+")
 
 
 def _root_assignment(root: str) -> str:
@@ -69,17 +118,20 @@ def _root_assignment(root: str) -> str:
 
 
 class Script:
-    """A remote script: the library, the root, then calls with quoted arguments."""
+    """A remote script: the library functions it uses, the root, then calls with quoted
+    arguments."""
 
     def __init__(self, root: str) -> None:
         self._lines = [_root_assignment(root)]
+        self._calls: list[str] = []
 
     def call(self, function: str, *args: str | int | float) -> Script:
+        self._calls.append(function)
         self._lines.append(" ".join([function, *(shlex.quote(str(arg)) for arg in args)]))
         return self
 
     def text(self) -> str:
-        return library() + "\n".join(self._lines) + "\n"
+        return library_for(self._calls) + "\n".join(self._lines) + "\n"
 
 
 def parse_output(stdout: str) -> dict[str, list[str]]:
