@@ -5,7 +5,7 @@ Starts its own PostgreSQL and Redis (``tests/servers.py``), loads N rows into
 
 - the migration ``migrations/202002111319_migrate_flags_to_redis.py``, applied by the runner
   (rows streamed with a server-side cursor; per 1,000 flags one round trip carrying one HSET of
-  1,000 fields and 1,000 PUBLISHes);
+  1,000 fields and one EVALSHA that publishes the 1,000 flags);
 - the naive approach: ``SELECT`` every row into a list, then one round trip per flag (its HSET
   and its PUBLISH).
 

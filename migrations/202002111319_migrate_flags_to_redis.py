@@ -10,9 +10,12 @@ that was not subscribed reads the hash. Running the migration again leaves Redis
 (HSET overwrites a field with the same value) and publishes every flag once more.
 
 The table can be large, so the rows are streamed in batches of BATCH (``yield_per``: a
-server-side cursor on PostgreSQL) and each batch goes to Redis through one non-transactional
-pipeline: one HSET carrying BATCH fields and BATCH PUBLISHes, one round trip per batch, never
-one per flag, and memory bounded by one batch whatever the table's size.
+server-side cursor on PostgreSQL) and each batch goes to Redis in one round trip of a
+non-transactional pipeline: one HSET carrying BATCH fields, and one EVALSHA of a four-line Lua
+script that PUBLISHes each flag of the batch on the server. Never one round trip per flag, and
+memory bounded by one batch whatever the table's size. (Sending BATCH separate PUBLISH commands
+in the same pipeline does the same work but measured about 2x slower: redis-py spends more time
+encoding and parsing a thousand commands than Redis spends running them.)
 
 ``revert`` deletes exactly the fields it wrote (HDEL by name, batch by batch); other fields of
 the hash, written by someone else, stay.
@@ -28,6 +31,13 @@ BATCH = 1000
 # connection for everything after it in this transaction.
 _SELECT_FLAGS = text("SELECT name, enabled FROM feature_flags").execution_options(yield_per=BATCH)
 
+# KEYS[1]: the channel; ARGV: name1, value1, name2, value2, ... -> one "name=value" message each.
+_PUBLISH_EACH = """
+for i = 1, #ARGV, 2 do
+  redis.call('PUBLISH', KEYS[1], ARGV[i] .. '=' .. ARGV[i + 1])
+end
+"""
+
 
 def _flag_batches(ctx):
     """Lists of at most BATCH (name, enabled) rows, streamed from the database."""
@@ -36,13 +46,12 @@ def _flag_batches(ctx):
 
 def run(ctx):
     copied = 0
+    publish_each = ctx.redis.script_load(_PUBLISH_EACH)  # its sha1, for EVALSHA
     pipe = ctx.redis.pipeline(transaction=False)
-    publish = pipe.publish
     for rows in _flag_batches(ctx):
         flags = {name: "1" if enabled else "0" for name, enabled in rows}
         pipe.hset(REDIS_KEY, mapping=flags)
-        for name, value in flags.items():
-            publish(CHANNEL, f"{name}={value}")
+        pipe.evalsha(publish_each, 1, CHANNEL, *(part for flag in flags.items() for part in flag))
         pipe.execute()
         copied += len(flags)
     ctx.log.info(

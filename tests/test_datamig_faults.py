@@ -370,3 +370,27 @@ def test_status_on_a_ledger_without_tables_creates_nothing_on_postgresql(pg_url,
     with engine.connect() as conn:
         assert sa.inspect(conn).get_table_names() == []
     engine.dispose()
+
+
+def test_a_process_left_running_by_a_migration_does_not_hold_the_runner(backend, release, tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    write(
+        release / "migrations",
+        "202001010000_starts_a_daemon.py",
+        f"""
+        import pathlib, subprocess
+
+        def run(ctx):
+            # inherits the runner's stdout and stderr and outlives it
+            daemon = subprocess.Popen(["sleep", "300"])
+            pathlib.Path({str(pid_file)!r}).write_text(str(daemon.pid))
+            print("started", daemon.pid)
+        """,
+    )
+    try:
+        answer = cli("apply", "--json", *backend.cli_args(), cwd=release, timeout=60)
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["applied"][0]["name"] == "starts_a_daemon"

@@ -108,9 +108,12 @@ class OutputPump:
         os.dup2(self._stdout_fd, 1)
         os.dup2(self._stderr_fd, 2)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.stderr_lost = True  # its last lines are dropped; its fds stay open until exit
+        else:
+            for fd in (self._stdout_fd, self._stderr_fd, self._read_fd):
+                os.close(fd)
         self._thread = None
-        for fd in (self._stdout_fd, self._stderr_fd):
-            os.close(fd)
 
 
 class SafeWriter(io.TextIOBase):
