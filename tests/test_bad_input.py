@@ -334,9 +334,15 @@ CASES: list[Case] = [
         "datamig-key-under-deploy",
         ("deploy",),
         2,
-        ("deploy.lock_timeout is not a known key", "datamig.lock_timeout"),
+        ("deploy.lock_timeout is not a known key", "did you mean datamig.lock_timeout?"),
         deploy={"lock_timeout": -5},
-        known_bug="a datamig key under deploy: suggests a deploy key (deploy.health_timeout)",
+    ),
+    Case(
+        "deploy-key-under-datamig",
+        ("deploy",),
+        2,
+        ("datamig.keep_releases is not a known key", "did you mean deploy.keep_releases?"),
+        datamig={"keep_releases": 3},
     ),
     Case(
         "typo-in-host-entry",
