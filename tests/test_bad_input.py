@@ -621,9 +621,15 @@ CASES: list[Case] = [
         "migration-not-utf8",
         ("deploy",),
         2,
-        ("202402010000_latin1.py", "UTF-8"),
+        ("202402010000_latin1.py is not valid UTF-8", "save it as UTF-8"),
         files=migration("202402010000_latin1.py", b'"""Caf\xe9."""\n\n\ndef run(ctx):\n    pass\n'),
-        known_bug="a decoding error is 'does not compile', not 'save it as UTF-8'",
+    ),
+    Case(
+        "migration-latin1-with-its-coding-line",  # valid Latin-1: only the missing run() is wrong
+        ("deploy",),
+        2,
+        ("202402010000_latin1.py has no run(ctx)",),
+        files=migration("202402010000_latin1.py", b'# -*- coding: latin-1 -*-\n"""Caf\xe9."""\n'),
     ),
     Case(
         "migration-import-error",
