@@ -717,11 +717,17 @@ CASES: list[Case] = [
         "identity-file-missing",
         ("deploy",),
         2,
-        ("identity_file", "no-such-key"),
+        ("deploy.identity_file", "no-such-key", "is not a file on this machine"),
         edit=lambda config, world: config["deploy"].update(
             identity_file=str(world.directory / "no-such-key")
         ),
-        known_bug="a missing identity file is 'cannot reach HOST: No such file' (exit 1)",
+    ),
+    Case(
+        "identity-file-missing-setup",
+        ("setup",),
+        2,
+        ("deploy.identity_file", "is not a file on this machine"),
+        edit=lambda config, world: config["deploy"].update(identity_file="~/no-such-key"),
     ),
     Case(
         "lock-held",
