@@ -797,7 +797,6 @@ CASES: list[Case] = [
             ),
         ),
         secret=SECRET,
-        known_bug="the dry run's ledger read fails with exit 1; the check step's with 2",
     ),
     Case(
         "redis-unreachable",
@@ -875,7 +874,6 @@ CASES: list[Case] = [
         2,
         ("202401010000", "seed_flags", "renamed_seed"),
         files={SEED_FILE: None, **migration("202401010000_renamed_seed.py")},
-        known_bug="the dry run compares versions only, not names: exit 0",
     ),
     Case(
         "dry-run-redis-unreachable",
@@ -889,7 +887,6 @@ CASES: list[Case] = [
             ),
         ),
         secret=SECRET,
-        known_bug="the dry run never reaches Redis: exit 0",
     ),
     Case(
         "dry-run-migration-import-error",
