@@ -359,6 +359,10 @@ def _refuse_unknown(where: str, values: Mapping[str, Any], known: Sequence[str])
             hint = (
                 f"did you mean {where}.{close[0]}?" if close else "known keys: " + ", ".join(known)
             )
+            # a key of the other section (datamig's lock_timeout under deploy:) is no typo
+            home = [s for s, keys in DEFAULTS.items() if key in keys and not where.endswith(s)]
+            if home:
+                hint = f"did you mean {home[0]}.{key}? ({key} belongs under {home[0]}:)"
             raise ConfigError(f"{where}.{key} is not a known key; {hint}")
 
 

@@ -3,8 +3,11 @@
 It runs the build (the release id, its files and migrations, the same checks), the preflight
 of every host without taking the lock (a held lock, a missing shared file, a root that is not
 set up, no room: the same errors and exit codes as the deploy), and reads the migration
-host's ledger with the runner's read-only ``status`` (pending migrations, warnings, the ledger
-identity the check step would compare). Nothing is uploaded, locked or written.
+host's ledger with the runner's read-only ``check`` and ``status`` (the ledger and Redis
+reached, a version applied under another name, pending migrations, warnings, the ledger
+identity the check step would compare). Nothing is uploaded, locked or written, so the new
+migrations are not imported on the host: only the deploy's check step finds their import
+errors.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .datamig.discovery import pad_version
 from .deploy import environment
 from .deploy.build import build_release, uncommitted_changes
 from .deploy.migrate import check_ledger_identity
-from .exceptions import LockHeld
+from .exceptions import LockHeld, UsageError
 from .hosts import HostGroup, checked
 from .layout import EnvironmentProbe, HostState, preflight_script
 from .lock import LockOwner
 from .output import Reporter
-from .runner_client import CheckReport, Runner
+from .runner_client import CheckReport, Runner, RunnerAnswer
 
 PHASES = [
     "build",
@@ -182,29 +186,38 @@ def _read_ledger(
     migrations: tuple[str, ...],
     new_ledger: bool,
 ) -> CheckReport:
-    """The migration host's ledger (read-only), and what of ``migrations`` it lacks."""
+    """The migration host's ledger (read-only), and what of ``migrations`` it lacks. What
+    the check step would refuse (an unusable ledger or Redis, a version applied under
+    another name) is refused here with the same exit code."""
     host = settings.migrate_on.name
     has_current = states[host].current is not None
     runner = Runner(group.transports[host], settings)
+    # the ledger and Redis reached as the check step does, with no migration to import
+    _read_only(runner.call("check", ".", ["--path", "releases/.no-migrations"]), "checking")
     # without a current release, read the ledger alone: a folder with no files
     answer = runner.call(
         "status",
         "current" if has_current else ".",
         [] if has_current else ["--path", "releases/.no-migrations"],
     )
-    if answer.data is None or answer.exit_code != 0:
-        raise answer.error("reading the migration ledger")
-    data = answer.data
+    data = _read_only(answer, "reading")
     applied = {
-        m["version"]
+        pad_version(m["version"]): m
         for m in data.get("migrations", [])
         if m.get("state") in ("applied", "changed", "missing")
     }
-    pending = [
-        {"version": stem.split("_", 1)[0], "name": stem.split("_", 1)[1]}
-        for stem in migrations
-        if stem.split("_", 1)[0] not in applied
-    ]
+    pending = []
+    for stem in migrations:
+        version, name = stem.split("_", 1)
+        row = applied.get(pad_version(version))
+        if row is None:
+            pending.append({"version": version, "name": name})
+        elif row.get("name") != name:
+            raise UsageError(
+                f"version {version} is in the ledger as {row['version']}_{row['name']} but this "
+                f"release has {stem}.py: a version names one migration. Give {stem}.py a new "
+                "version (`invoke datamig.new`), or restore its name; a deploy would exit 2"
+            )
     report = CheckReport(
         ledger=str(data.get("ledger") or ""),
         ledger_id=data.get("ledger_id"),
@@ -213,3 +226,14 @@ def _read_ledger(
     )
     check_ledger_identity(report, list(states.values()), new_ledger=new_ledger, host=host)
     return report
+
+
+def _read_only(answer: RunnerAnswer, doing: str) -> dict[str, Any]:
+    """The runner's answer, or the error a deploy's check step would give (exit 2 for a
+    finding: nothing changes; exit 1 when the host did not answer)."""
+    if answer.data is not None and answer.exit_code == 0:
+        return answer.data
+    error = answer.error(f"{doing} the migration ledger")
+    if answer.exit_code not in (2, 3) and not (answer.connection_lost or answer.timed_out):
+        error = UsageError(str(error))
+    raise error

@@ -357,22 +357,57 @@ def datamig_new(c, name):
 
 def _configuration_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
     """invoke reads invoke.yaml and INVOKE_* variables before any task runs, and a bad file
-    ends in a traceback there. Show it as the configuration error it is (exit 2)."""
+    ends in a traceback there. Show it as the configuration error it is (exit 2), naming the
+    key or the variable (and, with --json, as the one JSON object on stdout)."""
 
     def excepthook(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
         names = {cls.__name__ for cls in kind.__mro__}
         if names & {"ValueError", "TypeError"} and _raised_in_invoke_config(traceback):
             names.add("UncastableEnvVar")  # invoke casting INVOKE_* text by a file's type
         if names & {"YAMLError", "UncastableEnvVar", "AmbiguousEnvVar", "AmbiguousMergeError"}:
-            what = {
-                "AmbiguousMergeError": "a key holds the wrong kind of value (e.g. `deploy:` as a "
-                "list; it must be a mapping)",
-            }.get(kind.__name__, str(error))
-            print(f"error: invalid invoke configuration: {what}", file=sys.stderr, flush=True)
+            what = f"invalid invoke configuration: {_explain(kind, error, traceback)}"
+            print(f"error: {what}", file=sys.stderr, flush=True)
+            if "--json" in sys.argv:
+                import json
+
+                print(json.dumps({"status": "failed", "error": what}), flush=True)
             os._exit(2)
         previous(kind, error, traceback)
 
     return excepthook
+
+
+def _explain(kind: type[BaseException], error: BaseException, traceback: Any) -> str:
+    """What is wrong, read from the frames of invoke's merge or cast (their locals name the
+    key, the variable and the file's value)."""
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_locals)
+        traceback = traceback.tb_next
+    if kind.__name__ == "AmbiguousMergeError":
+        merges = [f for f in frames if "updates" in f and "key" in f]  # invoke's merge_dicts
+        key = ".".join(str(f["key"]) for f in merges) or "a key"
+        value = merges[-1].get("value") if merges else None
+        if isinstance(value, dict):
+            return f"{key} cannot be a mapping: write a value or a list (see the README)"
+        return f"{key} must be a mapping of keys, not {type(value).__name__} {value!r}"
+    variable = next((f["real_var"] for f in frames if isinstance(f.get("real_var"), str)), None)
+    casting = next((f for f in frames if "old" in f and "new" in f), None)  # invoke's _cast
+    if variable is None or casting is None:
+        return str(error)
+    old, text = casting["old"], casting["new"]
+    if isinstance(old, list | tuple):
+        return (
+            f"{variable} cannot hold a list (a file sets that key to one): put the list in "
+            "invoke.yaml or a file given with invoke -f FILE, or choose hosts with --hosts / "
+            "--limit"
+        )
+    if isinstance(old, int):
+        return (
+            f"{variable}={text!r} is not a whole number, and a file sets that key to {old!r}, "
+            f"so invoke needs one: change the variable, or write {float(old)!r} in the file"
+        )
+    return f"{variable}={text!r} does not fit the file's value {old!r}: {error}"
 
 
 def _raised_in_invoke_config(traceback: Any) -> bool:

@@ -373,6 +373,10 @@ def check_migration_source(filename: str, source: bytes) -> None:
     try:
         tree = ast.parse(compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True))
     except SyntaxError as error:
+        if "codec can't decode" in str(error.msg):  # compile() reports bad bytes this way
+            raise MigrationFileError(
+                f"migration {filename} is not valid UTF-8 Python ({error.msg}); save it as UTF-8"
+            ) from None
         raise MigrationFileError(
             f"migration {filename} does not compile: {error.msg} (line {error.lineno}); "
             "fix the file, then deploy again"

@@ -38,7 +38,7 @@ from fabric.runners import Remote
 from paramiko.common import cMSG_GLOBAL_REQUEST
 
 from ..config import Settings, Target
-from ..exceptions import TransportError
+from ..exceptions import ConfigError, TransportError
 from .transport import (
     HELD_OPEN_GRACE,
     CommandResult,
@@ -348,6 +348,20 @@ class DeployConnection(Connection):
         return None
 
 
+def identity_file(target: Target) -> str | None:
+    """The target's ``identity_file``, ``~`` expanded. A ConfigError (exit 2) when it is not a
+    file: paramiko would report "No such file" as if the host itself were missing."""
+    if not target.identity_file:
+        return None
+    key = Path(target.identity_file).expanduser()
+    if not key.is_file():
+        raise ConfigError(
+            f"deploy.identity_file {key} (for {target.name}) is not a file on this machine: "
+            "point it at your SSH private key, or remove it to use ssh-agent and ~/.ssh"
+        )
+    return str(key)
+
+
 def make_connection(target: Target, settings: Settings) -> DeployConnection:
     """A Fabric connection to ``target`` (not yet open; it connects on first use) with the
     deploy's host-key policy, identity file, connect timeout, keepalive and TCP_NODELAY.
@@ -359,8 +373,9 @@ def make_connection(target: Target, settings: Settings) -> DeployConnection:
         "auth_timeout": limit,
         "channel_timeout": limit,
     }
-    if target.identity_file:
-        connect_kwargs["key_filename"] = [str(Path(target.identity_file).expanduser())]
+    key = identity_file(target)
+    if key:
+        connect_kwargs["key_filename"] = [key]
     connection = DeployConnection(
         host=target.hostname,
         user=target.user,
@@ -434,6 +449,7 @@ class SSHTransport:
     on that one connection, and ``put`` uses an SFTP channel of the same connection."""
 
     def __init__(self, target: Target, settings: Settings) -> None:
+        identity_file(target)  # a missing key is refused before any host is contacted
         self.target = target
         self.settings = settings
         self.commands = 0
