@@ -116,6 +116,11 @@ def lock_release(settings: Settings, reporter: Reporter) -> dict[str, dict[str, 
         owners = {s.lock.token: s.lock for s in states.values() if s.lock and s.lock.token}
         if len(owners) == 1:
             (owner,) = owners.values()
+            # one deploy, one record per host: the migration host's shows the furthest phase
+            # (check and migrate run there alone), which is what recovery decides from
+            first = states.get(settings.migrate_on.name)
+            if first is not None and first.lock is not None and first.lock.token == owner.token:
+                owner = first.lock
             if owner.phase not in _NOT_DEPLOYS:
                 recovery.recover(settings, group, owner, reporter)
         group.run(

@@ -32,7 +32,7 @@ from ..layout import (
 from ..lock import LockOwner, deployer, utc_now
 from ..output import Reporter
 from ..revisions import Revision
-from ..runner_client import Runner
+from ..runner_client import Runner, migration_label
 from . import hooks
 from .state import HostProgress
 
@@ -77,10 +77,17 @@ def recover(
     )
     release = dead.release
     switched = [name for name, state in states.items() if state.current == release]
+    migrations = _migrations(settings, group, states, release)
     keep = bool(switched) and (
         dead.phase in LIVE
-        or (dead.phase in MIGRATED and _every_migration_applied(settings, group, release))
+        or (
+            dead.phase in MIGRATED
+            and migrations is not None
+            and all(m.get("state") in APPLIED for m in migrations)
+        )
     )
+    # what the interrupted release committed stays applied when its code goes: say which
+    stayed = [] if keep else _applied_by(migrations or [], release)
     targets = {
         name: release if keep else _last_good(state, release)
         for name, state in states.items()
@@ -136,6 +143,7 @@ def recover(
                 at=utc_now(),
                 status="succeeded" if keep else "failed",
                 error=note,
+                stayed_applied=stayed or None,
             )
         root = transport.target.root
         if not keep and release not in switched and release in state.releases:
@@ -149,12 +157,18 @@ def recover(
 
     group.run("recover", log)
     reporter.note(f"  recovered: {note}")
+    if stayed:  # a warning: shown with --json too
+        reporter.warn(
+            f"migrations of {release} stayed applied (they committed before the deploy died; "
+            f"the previous release must work with them): {', '.join(stayed)}"
+        )
     return {
         "owner": dead.record(),
         "release": release,
         "phase": dead.phase,
         "kept": keep,
         "hosts": targets,
+        "stayed_applied": stayed,
     }
 
 
@@ -166,15 +180,35 @@ def _last_good(state: HostState, interrupted: str) -> str | None:
     return state.current if state.current != interrupted else None
 
 
-def _every_migration_applied(settings: Settings, group: HostGroup, release: str) -> bool:
+#: Ledger states of a migration that committed.
+APPLIED = ("applied", "changed", "missing")
+
+
+def _migrations(
+    settings: Settings, group: HostGroup, states: dict[str, HostState], release: str
+) -> list[dict[str, Any]] | None:
+    """The runner's ``status`` of the migration host, read in the interrupted release (or in
+    ``current`` when that release never got there); None when it cannot be read."""
     transport = group.transports.get(settings.migrate_on.name)
-    if transport is None:
-        return False
+    state = states.get(settings.migrate_on.name)
+    if transport is None or state is None:
+        return None
+    directory = f"releases/{release}" if release in state.releases else "current"
+    if directory == "current" and state.current is None:
+        return None
     try:
-        answer = Runner(transport, settings).status(f"releases/{release}")
+        answer = Runner(transport, settings).status(directory)
     except DeployToolsError:
-        return False
+        return None
     if answer.data is None:
-        return False
-    states = [m.get("state") for m in answer.data.get("migrations", [])]
-    return all(state in ("applied", "changed", "missing") for state in states)
+        return None
+    return list(answer.data.get("migrations", []))
+
+
+def _applied_by(migrations: list[dict[str, Any]], release: str) -> list[str]:
+    """Labels of the migrations ``release`` applied (the ledger records who applied each)."""
+    return [
+        migration_label(m)
+        for m in migrations
+        if m.get("release") == release and m.get("state") in APPLIED
+    ]
