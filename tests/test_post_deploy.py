@@ -556,3 +556,21 @@ def test_a_failing_after_restart_migration_leaves_the_new_code_live(app):
     assert set(app.currents().values()) == {report["release"]}
     assert [r["version"] for r in ledger(app)] == ["202601010000"]
     assert not any(app.locked(host) for host in app.names)
+
+
+def test_deploy_prints_the_runners_warnings(app):
+    app.repo.commit({"migrations/202601010000_create_things.py": CREATE_THINGS})
+    assert deploy_cli(app)[0] == 0
+    app.repo.commit(
+        {
+            "migrations/202601010000_create_things.py": CREATE_THINGS + "# edited after\n",
+            "migrations/202501010000_late_arrival.py": THIRD.replace("third", "late"),
+        }
+    )
+    code, report, stderr = deploy_cli(app)
+    assert code == 0, stderr
+    assert "202601010000" in stderr and "changed" in stderr  # edited after it was applied
+    assert "out of order" in stderr  # a version below the newest applied one
+    assert any("changed" in w for w in report["warnings"])
+    dry = app.invoke("deploy", "--dry-run")
+    assert "changed" in dry.stderr

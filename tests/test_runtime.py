@@ -405,3 +405,49 @@ def test_deploytools_on_the_hosts_comes_from_the_apps_own_lock_file(ssh_fleet, w
         for p in (env / "lib").glob("python*/site-packages/*.dist-info")
     }
     assert {"deploytools", "fabric", "sqlalchemy", "psycopg", "tinyapp_dep"} <= installed
+
+
+def test_build_runs_in_a_clean_export_and_its_outputs_ship(ssh_fleet):
+    (ssh_fleet.repo.path / "scratch.txt").write_text("not committed: never in the release\n")
+    build = [
+        "test ! -e scratch.txt",  # a clean export of the ref, not the work tree
+        "mkdir -p static && echo 'body{}' > static/app.css && git rev-parse HEAD 2>/dev/null "
+        "> static/built-from-git || echo export > static/built-from-git",
+    ]
+    completed = ssh_fleet.invoke("deploy", "--json", build=build)
+    assert completed.returncode == 0, completed.stderr
+    release = json.loads(completed.stdout)["release"]
+    for root in ssh_fleet.roots.values():
+        static = root / "releases" / release / "static"
+        assert (static / "app.css").read_text() == "body{}\n"
+        assert (static / "built-from-git").read_text() == "export\n"
+    assert not (ssh_fleet.repo.path / "static").exists()  # the work tree is untouched
+    assert "build | $ mkdir -p static" in completed.stderr
+    failing = ssh_fleet.invoke("deploy", build=["echo compiling; exit 7"])
+    assert failing.returncode == 2
+    assert "build command `echo compiling; exit 7` exited 7" in failing.stderr
+
+
+def test_limit_leaving_out_the_migration_host_still_migrates_there(ssh_fleet, pg_url):
+    import sqlalchemy as sa
+
+    for root in ssh_fleet.roots.values():
+        (root / "shared" / ".env").write_text(f"DATABASE_URL={pg_url}\n")
+    first = deploy(ssh_fleet.settings())
+    ssh_fleet.repo.commit(
+        {"migrations/202601010000_noop.py": '"""No-op."""\n\n\ndef run(ctx):\n    pass\n'}
+    )
+    migration_host, *others = ssh_fleet.names
+    completed = ssh_fleet.invoke("deploy", "--json", "--hosts", ",".join(others))
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    assert "only" in completed.stderr and migration_host in completed.stderr  # split warned
+    assert ssh_fleet.current(migration_host) == first.release  # not switched ...
+    assert all(ssh_fleet.current(h) == report["release"] for h in others)
+    assert report["release"] in ssh_fleet.releases(migration_host)  # ... but migrated there
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as db:
+        rows = db.execute(sa.text("SELECT version, release FROM data_migrations")).all()
+    engine.dispose()
+    assert rows == [("202601010000", report["release"])]
+    assert not any(ssh_fleet.locked(h) for h in ssh_fleet.names)
