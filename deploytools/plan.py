@@ -2,12 +2,13 @@
 
 It runs the build (the release id, its files and migrations, the same checks), the preflight
 of every host without taking the lock (a held lock, a missing shared file, a root that is not
-set up, no room: the same errors and exit codes as the deploy), and reads the migration
-host's ledger with the runner's read-only ``check`` and ``status`` (the ledger and Redis
-reached, a version applied under another name, pending migrations, warnings, the ledger
-identity the check step would compare). Nothing is uploaded, locked or written, so the new
-migrations are not imported on the host: only the deploy's check step finds their import
-errors.
+set up, no room: the same errors and exit codes as the deploy), and the check step on the
+migration host: the new migration files are staged beside the releases for a moment, the
+runner's read-only ``check`` imports them in the current release's environment, reaches the
+ledger and Redis and compares versions, and the copy is removed. Nothing is locked, switched
+or recorded; the exit code is the one the deploy would have. (When the lock file changed, the
+imports need the new environment, which a dry run does not build: they are left to the
+deploy's own check step, and the dry run says so.)
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from typing import Any
 from .config import Settings
 from .datamig.discovery import pad_version
 from .deploy import environment
-from .deploy.build import build_release, uncommitted_changes
+from .deploy.build import Release, build_release, uncommitted_changes
 from .deploy.migrate import check_ledger_identity
 from .exceptions import LockHeld, UsageError
 from .hosts import HostGroup, checked
-from .layout import EnvironmentProbe, HostState, preflight_script
+from .layout import (
+    EnvironmentProbe,
+    HostState,
+    preflight_script,
+    stage_dry_run_script,
+    unstage_dry_run_script,
+)
 from .lock import LockOwner
 from .output import Reporter
 from .runner_client import CheckReport, Runner, RunnerAnswer
@@ -96,7 +103,7 @@ def plan(
             _refuse_held_locks(states, reporter)
             ledger = None
             if release.migrations:
-                ledger = _read_ledger(settings, group, states, release.migrations, new_ledger)
+                ledger = _read_ledger(settings, group, states, release, new_ledger, reporter)
     warnings = list(ledger.warnings) if ledger else []
     dirty = uncommitted_changes(settings.repo) if ref == "HEAD" else []
     if dirty:
@@ -183,47 +190,76 @@ def _read_ledger(
     settings: Settings,
     group: HostGroup,
     states: dict[str, HostState],
-    migrations: tuple[str, ...],
+    release: Release,
     new_ledger: bool,
+    reporter: Reporter,
 ) -> CheckReport:
-    """The migration host's ledger (read-only), and what of ``migrations`` it lacks. What
-    the check step would refuse (an unusable ledger or Redis, a version applied under
-    another name) is refused here with the same exit code."""
+    """The check step, as a deploy would run it, on a copy of the new migrations staged
+    beside the releases (and removed right after): imports, the ledger, Redis, versions.
+    When the release's lock file changed, imports need the new environment, which a dry run
+    does not build: the ledger is checked, the imports are left to the deploy."""
     host = settings.migrate_on.name
-    has_current = states[host].current is not None
-    runner = Runner(group.transports[host], settings)
-    # the ledger and Redis reached as the check step does, with no migration to import
-    _read_only(runner.call("check", ".", ["--path", "releases/.no-migrations"]), "checking")
-    # without a current release, read the ledger alone: a folder with no files
-    answer = runner.call(
-        "status",
-        "current" if has_current else ".",
-        [] if has_current else ["--path", "releases/.no-migrations"],
-    )
-    data = _read_only(answer, "reading")
+    state = states[host]
+    transport = group.transports[host]
+    runner = Runner(transport, settings)
+    directory = "current" if state.current else "."
+    if not _same_environment(release, state.manifest):
+        reporter.warn(
+            "the lock file changed: the new migrations are imported by the deploy's check "
+            "step (a dry run builds no environment); the ledger and Redis are checked here"
+        )
+        report = runner.check(directory, path="releases/.no-migrations")
+        return _with_pending(runner, directory, report, release, states, new_ledger, host)
+    name = f".dry-run-{release.id}"
+    folder = "/".join(p for p in settings.migrations_path.split("/") if p not in ("", "."))
+    files = [path for path in release.entries if folder == "" or path.startswith(folder + "/")]
+    archive, _sha256 = release.repair_archive(files, "dry-run")
+    transport.put(archive, f"{state.root}/{name}.tar.gz")
+    try:
+        checked(transport.run_script(stage_dry_run_script(transport.target.root, name)), "check")
+        report = runner.check(directory, path=f"{state.root}/{name}/{folder}".rstrip("/"))
+    finally:
+        transport.run_script(unstage_dry_run_script(transport.target.root, name))
+    check_ledger_identity(report, list(states.values()), new_ledger=new_ledger, host=host)
+    return report
+
+
+def _same_environment(release: Release, current: dict[str, Any] | None) -> bool:
+    """Whether the new release's lock file is byte for byte the current release's."""
+    if release.lock_file is None:
+        return True
+    mine = release.entries[release.lock_file.name].sha256
+    theirs = {f.get("path"): f.get("sha256") for f in (current or {}).get("files", [])}
+    return theirs.get(release.lock_file.name) == mine
+
+
+def _with_pending(
+    runner: Runner,
+    directory: str,
+    report: CheckReport,
+    release: Release,
+    states: dict[str, HostState],
+    new_ledger: bool,
+    host: str,
+) -> CheckReport:
+    """Pending migrations from the ledger's status, for a check that imported nothing."""
+    data = _read_only(runner.status(directory), "reading")
     applied = {
         pad_version(m["version"]): m
         for m in data.get("migrations", [])
         if m.get("state") in ("applied", "changed", "missing")
     }
-    pending = []
-    for stem in migrations:
+    for stem in release.migrations:
         version, name = stem.split("_", 1)
         row = applied.get(pad_version(version))
         if row is None:
-            pending.append({"version": version, "name": name})
+            report.pending.append({"version": version, "name": name})
         elif row.get("name") != name:
             raise UsageError(
                 f"version {version} is in the ledger as {row['version']}_{row['name']} but this "
                 f"release has {stem}.py: a version names one migration. Give {stem}.py a new "
                 "version (`invoke datamig.new`), or restore its name; a deploy would exit 2"
             )
-    report = CheckReport(
-        ledger=str(data.get("ledger") or ""),
-        ledger_id=data.get("ledger_id"),
-        pending=pending,
-        warnings=[str(w) for w in data.get("warnings") or []],
-    )
     check_ledger_identity(report, list(states.values()), new_ledger=new_ledger, host=host)
     return report
 

@@ -194,10 +194,13 @@ class Runner:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def check(self, directory: str, *, owner: LockOwner | None = None) -> CheckReport:
+    def check(
+        self, directory: str, *, owner: LockOwner | None = None, path: str | None = None
+    ) -> CheckReport:
         """Import every pending migration, reach the ledger (and Redis), validate: exit 2
-        findings become a UsageError; nothing is applied."""
-        answer = self.call("check", directory, owner=owner)
+        findings become a UsageError; nothing is applied. ``path``: another migrations
+        folder than the release's own (a dry run's staged copy)."""
+        answer = self.call("check", directory, ["--path", path] if path else [], owner=owner)
         if answer.ok and answer.data is not None:
             data = answer.data
             return CheckReport(

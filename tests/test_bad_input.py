@@ -896,7 +896,6 @@ CASES: list[Case] = [
         files=migration(
             "202402010000_needs_lib.py", "import not_installed_lib\n\n\ndef run(ctx):\n    pass\n"
         ),
-        known_bug="the dry run uploads nothing: no host imports the new migrations",
     ),
     # -- more of the same kind ---------------------------------------------------------------------
     Case(

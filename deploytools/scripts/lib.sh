@@ -330,7 +330,7 @@ log_revision() {
 }
 clean_leftovers() {
   # partial releases and links of interrupted deploys (we hold the lock: none is in use)
-  for path in "$root"/releases/.partial-* "$root"/.current.tmp.*; do
+  for path in "$root"/releases/.partial-* "$root"/.current.tmp.* "$root"/.dry-run-*; do
     [ -e "$path" ] || [ -L "$path" ] || continue
     rm -rf -- "$path" && emit cleaned "${path##*/}"
   done
@@ -350,6 +350,16 @@ clean_envs() {
   done
   return 0
 }
+
+stage_dry_run() {
+  # stage_dry_run NAME: the uploaded NAME.tar.gz unpacked into <root>/NAME: a dry run's copy
+  # of the new migrations, for the runner's check (removed again by unstage_dry_run)
+  rm -rf -- "$abs/$1" && mkdir -- "$abs/$1" &&
+    tar --no-same-owner -xzf "$abs/$1.tar.gz" -C "$abs/$1" || {
+      rm -rf -- "$abs/$1" "$abs/$1.tar.gz"; fail 1 "cannot unpack $abs/$1.tar.gz"; }
+  rm -f -- "$abs/$1.tar.gz"
+}
+unstage_dry_run() { rm -rf -- "$abs/$1" "$abs/$1.tar.gz"; }
 
 # -- running things in a release -----------------------------------------------------------
 enter() {
