@@ -28,6 +28,8 @@ from rich.table import Table
 
 from .redact import redact
 
+SECRET_LINE = "\x1esecret\t"  # how lib.sh's announce_secret marks a value to mask
+
 
 class Reporter:
     """Progress and results of one command, for a person (``json_mode=False``) or CI."""
@@ -36,24 +38,47 @@ class Reporter:
         self.json_mode = json_mode
         self.console = console or Console(stderr=json_mode, highlight=False, soft_wrap=True)
         self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.secrets: set[str] = set()  # values the hosts said to mask (shared/.env secrets)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every known secret masked (URL passwords always)."""
+        return redact(text, self.secrets)
+
+    def strip_secrets(self, output: str) -> str:
+        """A host's output, its secret announcements taken out and every secret masked."""
+        kept = [line for line in output.splitlines() if not self._announced(line)]
+        return self.mask("\n".join(kept))
+
+    def _announced(self, line: str) -> bool:
+        if not line.startswith(SECRET_LINE):
+            return False
+        value = line[len(SECRET_LINE) :].rstrip("\n")
+        if value:
+            self.secrets.add(value)
+        return True
 
     # -- progress ----------------------------------------------------------------------------
 
     def phase(self, name: str, detail: str = "") -> None:
         if not self.json_mode:
-            self.console.print(f"[bold cyan]→ {escape(name)}[/] {escape(redact(detail))}".rstrip())
+            detail = escape(self.mask(detail))
+            self.console.print(f"[bold cyan]→ {escape(name)}[/] {detail}".rstrip())
 
     def note(self, message: str) -> None:
         if not self.json_mode:
-            self.console.print(escape(redact(message)))
+            self.console.print(escape(self.mask(message)))
 
     def warn(self, message: str) -> None:
-        self.errors.print(f"[yellow]warning:[/] {escape(redact(message))}")
+        self.errors.print(f"[yellow]warning:[/] {escape(self.mask(message))}")
 
     def stream(self, host: str, line: str) -> None:
-        """One line of a host's live output (thread-safe: rich's console holds a lock)."""
+        """One line of a host's live output (thread-safe: rich's console holds a lock). A
+        host announces the secrets of its ``shared/.env`` on lines of their own, before any
+        output that could show them: those lines are kept, never shown."""
+        if self._announced(line):
+            return
         console = self.errors if self.json_mode else self.console
-        console.print(f"[dim]{escape(host)} |[/] {escape(redact(line.rstrip()))}")
+        console.print(f"[dim]{escape(host)} |[/] {escape(self.mask(line.rstrip()))}")
 
     @contextlib.contextmanager
     def upload(self, hosts: list[str]) -> Iterator[Callable[[str], Callable[[int, int], None]]]:
@@ -80,7 +105,7 @@ class Reporter:
 
     def emit_json(self, data: dict[str, Any]) -> None:
         """The one JSON object of a ``--json`` command, on stdout."""
-        sys.stdout.write(redact(json.dumps(data, indent=2, default=str)) + "\n")
+        sys.stdout.write(self.mask(json.dumps(data, indent=2, default=str)) + "\n")
         sys.stdout.flush()
 
     def table(
@@ -96,8 +121,8 @@ class Reporter:
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*("" if cell is None else escape(redact(str(cell))) for cell in row))
+            table.add_row(*("" if cell is None else escape(self.mask(str(cell))) for cell in row))
         self.console.print(table)
 
     def error(self, message: str) -> None:
-        self.errors.print(f"[bold red]error:[/] {escape(redact(message))}")
+        self.errors.print(f"[bold red]error:[/] {escape(self.mask(message))}")

@@ -451,3 +451,21 @@ def test_limit_leaving_out_the_migration_host_still_migrates_there(ssh_fleet, pg
     engine.dispose()
     assert rows == [("202601010000", report["release"])]
     assert not any(ssh_fleet.locked(h) for h in ssh_fleet.names)
+
+
+def test_hooks_never_show_the_secrets_of_shared_env(ssh_fleet):
+    token = "tok_9f8e7d6c5b4a"
+    password = "pw-Zq81!x"
+    for root in ssh_fleet.roots.values():
+        (root / "shared" / ".env").write_text(
+            f"API_TOKEN={token}\nCACHE_URL=redis://app:{password}@cache:6379/0\nPLAIN=visible\n"
+        )
+    hook = 'echo "token=$API_TOKEN url=$CACHE_URL plain=$PLAIN"; exit 3'
+    completed = ssh_fleet.invoke("deploy", "--json", before_switch=[hook])
+    assert completed.returncode == 1
+    everything = completed.stdout + completed.stderr
+    assert "plain=visible" in everything  # output still streams ...
+    assert token not in everything and password not in everything  # ... masked
+    assert "\x1e" not in everything  # the announcements themselves are never shown
+    report = json.loads(completed.stdout)
+    assert token not in report["error"] and "***" in report["error"]

@@ -19,7 +19,6 @@ from ..hosts.transport import CommandResult
 from ..layout import hooks_script, parse_output, restart_script, untrack_script
 from ..lock import LockOwner
 from ..output import Reporter
-from ..redact import redact
 from .state import HostProgress
 
 
@@ -89,7 +88,7 @@ def _run(
             "channel open: start servers under systemd, or with "
             "`nohup … </dev/null >/dev/null 2>&1 &`"
         )
-    tail = "\n".join(redact(result.stderr).strip().splitlines()[-20:])
+    tail = "\n".join(reporter.strip_secrets(result.stderr).strip().splitlines()[-20:])
     if result.timed_out:
         raise HostError(f"{name} on {host.name} ran past its time limit and was cut off:\n{tail}")
     if result.connection_lost:

@@ -303,7 +303,29 @@ load_env_file() {
       *[[:space:]]\#*) value=${value%%[[:space:]]\#*}; value=${value%"${value##*[![:space:]]}"} ;;
     esac
     eval "[ -n \"\${$key+set}\" ]" || { eval "$key=\$value"; export "$key"; }
+    eval "value=\$$key"
+    if secret_key "$key"; then announce_secret "$value"; fi
+    case $key in *_URL|*_url) url_password "$value" ;; esac
   done < "$1"
+}
+secret_key() {
+  # whether a variable's name says it holds a secret (as the runner decides)
+  case $(printf '%s' "$1" | tr '[:lower:]' '[:upper:]') in
+    *PASSWORD*|*SECRET*|*TOKEN*|*KEY*) return 0 ;;
+  esac
+  return 1
+}
+url_password() {
+  # the password of scheme://user:password@host (up to the last @)
+  rest=${1#*://}
+  [ "$rest" != "$1" ] || return 0
+  case $rest in *@*) userinfo=${rest%@*} ;; *) return 0 ;; esac
+  case $userinfo in *:*) announce_secret "${userinfo#*:}" ;; esac
+}
+announce_secret() {
+  # tell the client a value to mask in everything it shows or stores (a line it never shows)
+  [ "${#1}" -ge 4 ] && printf '\036secret\t%s\n' "$1" >&2
+  return 0
 }
 
 # -- switching ---------------------------------------------------------------------------------
