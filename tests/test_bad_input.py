@@ -213,7 +213,7 @@ class Case:
     edit: Callable[[dict[str, Any], World], None] | None = None  # changes invoke.yaml's mapping
     yaml: str | None = None  # invoke.yaml as written (instead of the fleet's)
     env: Mapping[str, str] = field(default_factory=dict)
-    files: Mapping[str, str | bytes | None] = field(default_factory=dict)  # committed first
+    files: Mapping[str, str | bytes | Link | None] = field(default_factory=dict)  # committed first
     given: tuple[Given, ...] = ()  # state made before the snapshot, undone after
     secret: str | None = None  # must appear in no output
     runner: bool = False  # args go to `python -m deploytools.datamig` in current/
@@ -296,11 +296,29 @@ def local_target(config: dict[str, Any], world: World) -> None:
         config["deploy"].pop(key, None)
 
 
-def root_not_set_up(config: dict[str, Any], world: World) -> None:
-    config["deploy"]["hosts"][1] = {
-        **config["deploy"]["hosts"][1],
-        "root": str(world.directory / "nowhere" / "app"),
-    }
+def root_not_set_up(host: int):
+    """Host ``host`` gets a root that ``invoke setup`` never made."""
+
+    def edit(config: dict[str, Any], world: World) -> None:
+        entries = config["deploy"]["hosts"]
+        entries[host] = {**entries[host], "root": str(world.directory / "nowhere" / "app")}
+
+    return edit
+
+
+def both(*edits: Callable[[dict[str, Any], World], None]):
+    def edit(config: dict[str, Any], world: World) -> None:
+        for change in edits:
+            change(config, world)
+
+    return edit
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symlink committed to the application (``files``), pointing at ``target``."""
+
+    target: str
 
 
 def migration(name: str, source: str | bytes = GOOD) -> dict[str, str | bytes]:
@@ -697,7 +715,7 @@ CASES: list[Case] = [
         ("deploy",),
         2,
         ("nowhere/app does not exist", "invoke setup"),
-        edit=root_not_set_up,
+        edit=root_not_set_up(1),
     ),
     Case(
         "unknown-host-key",
@@ -749,6 +767,22 @@ CASES: list[Case] = [
         2,
         ("deploy@nosuch is not a configured host",),
         given=(lock_held(0),),
+    ),
+    # -- hosts failing differently: the most severe exit code wins (3 over 2 over 1) ------------
+    Case(
+        "lock-held-and-not-set-up",
+        ("deploy",),
+        3,
+        ("failed on 2 hosts", "alice@alices-laptop", "nowhere/app does not exist"),
+        edit=root_not_set_up(2),
+        given=(lock_held(1),),
+    ),
+    Case(
+        "unknown-host-key-and-not-set-up",
+        ("deploy",),
+        2,
+        ("failed on 2 hosts", "is not in", "nowhere/app does not exist"),
+        edit=both(known_hosts_without(1), root_not_set_up(2)),
     ),
     # -- the ledger and Redis, as the check step finds them ---------------------------------------
     Case(
@@ -852,6 +886,106 @@ CASES: list[Case] = [
         files={"uv.lock": "version = 1\n"},
         edit=local_target,
         env={"PATH": "/usr/bin:/bin"},
+    ),
+    Case(
+        "migration-phase-not-a-literal",
+        ("deploy",),
+        2,
+        ("202402010000_computed.py sets phase = None", "a string literal"),
+        files=migration(
+            "202402010000_computed.py", 'phase = "after_" + "switch"\n\n\ndef run(ctx):\n    pass\n'
+        ),
+    ),
+    Case(
+        "migration-run-not-callable",
+        ("deploy",),
+        2,
+        ("202402010000_not_callable.py has no run(ctx) function",),
+        files=migration("202402010000_not_callable.py", "run = 5\n"),
+    ),
+    Case(
+        "migration-exits-on-import",
+        ("deploy",),
+        2,
+        ("202402010000_exits.py fails to import", "SystemExit"),
+        files=migration(
+            "202402010000_exits.py", "import sys\n\nsys.exit(3)\n\n\ndef run(ctx):\n    pass\n"
+        ),
+    ),
+    Case(
+        "release-link-leaving-the-release",
+        ("deploy",),
+        2,
+        ("'passwords' is a link leaving the release (-> /etc/passwd)", "nothing was uploaded"),
+        files={"passwords": Link("/etc/passwd")},
+    ),
+    Case(
+        "ref-with-shell-characters",
+        ("deploy", "--ref", "$(touch pwned)"),
+        2,
+        ("--ref '$(touch pwned)' is not a commit, branch or tag",),
+    ),
+    Case(
+        "deploy-python-missing",
+        ("deploy",),
+        2,
+        ("the migration runner did not start", "deploy.python"),
+        edit=hosts_edit(lambda entries, world: entries[0].update(python="/nonexistent/python3")),
+    ),
+    Case(
+        "venv-python-missing",
+        ("deploy",),
+        2,
+        ("/nonexistent/python3",),
+        deploy={"venv_python": "/nonexistent/python3"},
+        files={"requirements.txt": "tinyapp_dep==1.0\n"},
+    ),
+    Case(
+        "inventory-missing",
+        ("deploy",),
+        2,
+        ("inventories/nope.ini",),
+        edit=drop_key("hosts"),
+        deploy={"inventory": "inventories/nope.ini"},
+    ),
+    Case(
+        "inventory-and-hosts",
+        ("deploy",),
+        2,
+        ("set deploy.hosts or deploy.inventory, not both",),
+        deploy={"inventory": "inventory.ini"},
+        files={"inventory.ini": "[web]\nweb1.example.com\n"},
+    ),
+    Case(
+        "limit-excludes-nothing-known",
+        ("deploy", "--limit", "all:!nosuch"),
+        2,
+        ("nosuch",),
+    ),
+    Case(
+        "rollback-no-earlier-release",
+        ("rollback",),
+        2,
+        ("no earlier good release than", "invoke releases"),
+    ),
+    Case(
+        "rollback-to-shell-characters",
+        ("rollback", "--to", "$(touch pwned)"),
+        2,
+        ("release $(touch pwned) is not on",),
+    ),
+    Case(
+        "status-release-shell-characters",
+        ("datamig.status", "--release", "20260101000000-$(id)"),
+        2,
+        ("is not a release id",),
+    ),
+    Case(
+        "datamig-apply-lock-held",
+        ("datamig.apply", "--json"),
+        3,
+        ("alice@alices-laptop", "invoke lock.release"),
+        given=(lock_held(0),),
     ),
     # -- deploy --dry-run exits with the code the deploy would have -------------------------------
     Case(
@@ -1088,6 +1222,13 @@ CASES: list[Case] = [
         runner=True,
     ),
     Case(
+        "runner-revert-unknown-version",
+        ("revert", "209901010000"),
+        2,
+        ("209901010000",),
+        runner=True,
+    ),
+    Case(
         "runner-database-url-one-slash-json",
         ("status", "--json", "--database-url", f"postgresql+psycopg:/app:{SECRET}@db/app"),
         2,
@@ -1108,7 +1249,7 @@ def _config(case: Case, world: World) -> str:
     return json.dumps(config, indent=2)
 
 
-def _commit(world: World, files: Mapping[str, str | bytes | None]) -> None:
+def _commit(world: World, files: Mapping[str, str | bytes | Link | None]) -> None:
     repo = world.fleet.repo
     for name, content in files.items():
         path = repo.path / name
@@ -1116,7 +1257,9 @@ def _commit(world: World, files: Mapping[str, str | bytes | None]) -> None:
             path.unlink()
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
+        if isinstance(content, Link):
+            path.symlink_to(content.target)
+        elif isinstance(content, bytes):
             path.write_bytes(content)
         else:
             path.write_text(content)
