@@ -762,6 +762,27 @@ CASES: list[Case] = [
         given=(lock_held(2),),
     ),
     Case(
+        "rollback-lock-held",
+        ("rollback", "--to", "20990101000000-abcdef1"),
+        3,
+        ("alice@alices-laptop", "invoke lock.release"),
+        given=(lock_held(2),),
+    ),
+    Case(
+        "status-host-not-set-up",
+        ("datamig.status",),
+        2,
+        ("nowhere/app does not exist", "invoke setup"),
+        edit=root_not_set_up(0),
+    ),
+    Case(
+        "releases-host-not-set-up",
+        ("releases", "--json"),
+        2,
+        ("nowhere/app does not exist", "invoke setup"),
+        edit=root_not_set_up(1),
+    ),
+    Case(
         "lock-release-unknown-host",
         ("lock.release", "--hosts", "deploy@nosuch"),
         2,
