@@ -61,6 +61,7 @@ class World:
     local_root: Path  # a local target's root, set up, never deployed to
     directory: Path
     ledger_url: str
+    spare_ledger_url: str  # an empty database: another ledger than the deploys used
     redis_url: str
     env_file: Path  # the migration host's shared/.env
     env_text: str
@@ -98,6 +99,7 @@ def _make_world(directory: Path, cluster, postgres, redis_server) -> World:
     setup(Fleet("local", ["local"], {"local": local_root}, repo).settings(root=str(local_root)))
 
     ledger_url = postgres.create_database("bad_input_ledger")
+    spare_ledger_url = postgres.create_database("bad_input_spare_ledger")
     redis_url = redis_server.url(15)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
@@ -118,6 +120,7 @@ def _make_world(directory: Path, cluster, postgres, redis_server) -> World:
         local_root=local_root,
         directory=directory,
         ledger_url=ledger_url,
+        spare_ledger_url=spare_ledger_url,
         redis_url=redis_url,
         env_file=env_file,
         env_text=env_text,
@@ -183,6 +186,7 @@ def snapshot(world: World) -> dict[str, Any]:
     return {
         "hosts": {name: tree(root) for name, root in roots.items()},
         "ledger": ledger_tables(world.ledger_url),
+        "spare ledger": ledger_tables(world.spare_ledger_url),
         "redis": redis_contents(world.redis_url),
         "known_hosts": [
             path.read_text() if path.exists() else None
@@ -852,6 +856,35 @@ CASES: list[Case] = [
             ),
         ),
         secret=SECRET,
+    ),
+    Case(
+        "ledger-replaced",
+        ("deploy",),
+        2,
+        ("--new-ledger",),
+        given=(with_env_file("DATABASE_URL={world.spare_ledger_url}\n"),),
+    ),
+    Case(
+        "ledger-replaced-dry-run",
+        ("deploy", "--dry-run"),
+        2,
+        ("--new-ledger",),
+        given=(with_env_file("DATABASE_URL={world.spare_ledger_url}\n"),),
+    ),
+    Case(
+        "apply-database-url-one-slash",
+        ("datamig.apply",),
+        2,
+        ("'://' (two slashes)",),
+        given=(with_env_file(f"DATABASE_URL=postgresql+psycopg:/app:{SECRET}@127.0.0.1/app\n"),),
+        secret=SECRET,
+    ),
+    Case(
+        "apply-host-not-set-up",
+        ("datamig.apply",),
+        2,
+        ("nowhere/app does not exist", "invoke setup"),
+        edit=root_not_set_up(0),
     ),
     Case(
         "redis-unreachable",
