@@ -66,7 +66,6 @@ class World:
     env_file: Path  # the migration host's shared/.env
     env_text: str
     base: str  # the commit every case starts from
-    release: str  # current on every sshd host
     stranger_key: Path  # a private key no host accepts
     host_keys: list[str]  # each host's known_hosts line
 
@@ -125,7 +124,6 @@ def _make_world(directory: Path, cluster, postgres, redis_server) -> World:
         env_file=env_file,
         env_text=env_text,
         base=repo.git("rev-parse", "HEAD"),
-        release=result.release,
         stranger_key=stranger_key,
         host_keys=[host.known_hosts_line for host in cluster.hosts],
     )
@@ -202,6 +200,13 @@ def snapshot(world: World) -> dict[str, Any]:
 # -- the table -------------------------------------------------------------------------------------
 
 Given = Callable[[World], contextlib.AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symlink committed to the application (``files``), pointing at ``target``."""
+
+    target: str
 
 
 @dataclass(frozen=True)
@@ -316,13 +321,6 @@ def both(*edits: Callable[[dict[str, Any], World], None]):
             change(config, world)
 
     return edit
-
-
-@dataclass(frozen=True)
-class Link:
-    """A symlink committed to the application (``files``), pointing at ``target``."""
-
-    target: str
 
 
 def migration(name: str, source: str | bytes = GOOD) -> dict[str, str | bytes]:
