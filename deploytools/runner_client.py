@@ -69,6 +69,8 @@ class RunnerAnswer:
         """The runner's failure as the exception of the matching exit code."""
         if self.exit_code == Code.NO_RELEASE:
             return ReleaseNotFound(f"{self.stderr_tail()} (host {self.host})")
+        if self.exit_code == Code.NOT_SET_UP:  # the script found no deploy root: exit 2
+            return UsageError(f"{self.stderr_tail()} (host {self.host})")
         message = f"{what} on {self.host} failed (exit {self.exit_code}): {self.message}"
         if self.exit_code == 2:
             return UsageError(message)
