@@ -928,7 +928,6 @@ CASES: list[Case] = [
         deploy={"before_switch": ['echo "token is $API_TOKEN"; exit 3']},
         given=(with_env_file(f"DATABASE_URL={{world.ledger_url}}\nAPI_TOKEN={SECRET}\n"),),
         secret=SECRET,
-        known_bug="hook output is masked for URL passwords only, not shared/.env secret values",
     ),
     Case(
         "status-release-path",
