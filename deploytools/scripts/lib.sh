@@ -72,7 +72,6 @@ take_over_lock() {
     show_lock; exit 65
   fi
   mkdir -p -- "$root/deploy.lock" || fail 1 "cannot create $root/deploy.lock"
-  rm -f -- "$root/deploy.lock/runner.pid"
   write_private "$root/deploy.lock/token" "$2"
   write_private "$root/deploy.lock/owner.json" "$3"
   lock_token=$2
@@ -383,7 +382,7 @@ runner_alive() {
 stop_runner() {
   # stop_runner GRACE: SIGTERM to the runner's process group (it rolls back the migration in
   # flight and records the attempt), SIGKILL after GRACE seconds; returns once it is gone
-  runner_alive || { emit runner_stopped none; return 0; }
+  runner_alive || { rm -f -- "$root/deploy.lock/runner.pid"; emit runner_stopped none; return 0; }
   kill -TERM -"$runner_pid" 2>/dev/null || kill -TERM "$runner_pid" 2>/dev/null
   waited=0
   while runner_alive; do
