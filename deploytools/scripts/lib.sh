@@ -430,6 +430,16 @@ untrack() {
   done
   emit stopped "$pgid"
 }
+stop_tracked() {
+  # stop_tracked GRACE: whatever tracked scripts of a dead deploy still run (its hooks, a
+  # restart, the installer), as `untrack` stops each
+  for tracked_file in "$abs"/.deploytools-*.pgid; do
+    [ -f "$tracked_file" ] || continue
+    name=${tracked_file##*/.deploytools-}
+    untrack "${name%.pgid}" "$1"
+  done
+  return 0
+}
 holders() {
   # the processes (other than this script) that keep our output pipes open: a daemon a hook
   # started without redirecting its output holds the SSH channel open until it exits
