@@ -40,8 +40,9 @@ from .state import HostProgress
 LIVE = {"migrate:after_restart", "finish"}
 #: Phases in which it stays if every migration it brought is applied.
 MIGRATED = {"migrate:after_switch", "restart"}
-#: Phases in which `restart` may already have run with the interrupted release.
-RESTARTED = {"restart", "migrate:after_restart", "finish"}
+#: Phases in which `restart` may already have run with the interrupted release (an undo
+#: records "undo:restart" when it began after a restart, "undo" otherwise).
+RESTARTED = {"restart", "migrate:after_restart", "finish", "undo:restart"}
 
 
 def dead_owner(held: LockHeld) -> LockOwner | None:
@@ -111,7 +112,8 @@ def recover(
     if keep:  # the release stays: it must serve everywhere
         restart = moved if dead.phase in LIVE else list(targets)
     else:  # back to the last good release: restart it where the dead deploy restarted
-        restart = moved if dead.phase in RESTARTED else []
+        # (everywhere: an undo may have switched a host back without restarting it yet)
+        restart = list(targets) if dead.phase in RESTARTED else []
     if restart:
         reporter.phase("restart", ", ".join(restart))
         group.run(
