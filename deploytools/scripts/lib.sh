@@ -377,7 +377,11 @@ activate_path_only() {
 }
 runner_alive() {
   runner_pid=$(cat -- "$root/deploy.lock/runner.pid" 2>/dev/null) || return 1
-  [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null
+  [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null || return 1
+  # a zombie has ended: killed, but its parent (a hung sshd session) has not reaped it
+  stat=$(cat "/proc/$runner_pid/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
 }
 stop_runner() {
   # stop_runner GRACE: SIGTERM to the runner's process group (it rolls back the migration in
