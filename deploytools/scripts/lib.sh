@@ -421,13 +421,14 @@ track() {
   trap 'status=$?; [ -z "$on_exit_untrack" ] || rm -f -- "$on_exit_untrack"; if [ "$status" -ne 0 ]; then eval "$on_failure"; fi; exit "$status"' EXIT
 }
 untrack() {
-  # untrack NAME GRACE: SIGTERM the tracked process group, SIGKILL after GRACE seconds
+  # untrack NAME GRACE: SIGTERM the tracked process group, SIGKILL after GRACE seconds; stop
+  # waiting GRACE seconds later (killed processes a hung session never reaps stay zombies)
   file="$abs/.deploytools-$1.pgid"
   [ -f "$file" ] || { emit stopped none; return 0; }
   pgid=$(cat -- "$file"); rm -f -- "$file"
   [ -n "$pgid" ] && kill -TERM -"$pgid" 2>/dev/null || { emit stopped none; return 0; }
   waited=0
-  while kill -0 -"$pgid" 2>/dev/null; do
+  while kill -0 -"$pgid" 2>/dev/null && [ "$waited" -lt "$(( $2 * 20 ))" ]; do
     [ "$waited" -ge "$(( $2 * 10 ))" ] && kill -KILL -"$pgid" 2>/dev/null
     sleep 0.1 2>/dev/null || sleep 1
     waited=$(( waited + 1 ))
