@@ -52,6 +52,14 @@ take_lock() {
     [ -d "$root/deploy.lock" ] ||
       fail 1 "cannot create $root/deploy.lock: $(mkdir -- "$root/deploy.lock" 2>&1)"
     if own_lock "$1"; then write_private "$root/deploy.lock/owner.json" "$2"; return 0; fi
+    # a deploy that has just made the directory writes owner.json next: wait for it (2 s at
+    # most), so the refusal can name the owner
+    waited=0
+    while [ -d "$root/deploy.lock" ] && [ ! -s "$root/deploy.lock/owner.json" ] &&
+      [ "$waited" -lt 20 ]; do
+      sleep 0.1 2>/dev/null || sleep 1
+      waited=$((waited + 1))
+    done
     show_lock
     exit 65
   fi
