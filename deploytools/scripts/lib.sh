@@ -396,6 +396,8 @@ stop_runner() {
   # flight and records the attempt), SIGKILL after GRACE seconds; returns once it is gone
   runner_alive || { rm -f -- "$root/deploy.lock/runner.pid"; emit runner_stopped none; return 0; }
   kill -TERM -"$runner_pid" 2>/dev/null || kill -TERM "$runner_pid" 2>/dev/null
+  # a stopped runner (its session frozen) acts on SIGTERM only once continued
+  kill -CONT -"$runner_pid" 2>/dev/null || kill -CONT "$runner_pid" 2>/dev/null
   waited=0
   while runner_alive; do
     if [ "$waited" -ge "$(( $1 * 10 ))" ]; then
@@ -435,6 +437,7 @@ untrack() {
   [ -f "$file" ] || { emit stopped none; return 0; }
   pgid=$(cat -- "$file"); rm -f -- "$file"
   [ -n "$pgid" ] && kill -TERM -"$pgid" 2>/dev/null || { emit stopped none; return 0; }
+  kill -CONT -"$pgid" 2>/dev/null  # stopped processes act on SIGTERM only once continued
   waited=0
   while kill -0 -"$pgid" 2>/dev/null && [ "$waited" -lt "$(( $2 * 20 ))" ]; do
     [ "$waited" -ge "$(( $2 * 10 ))" ] && kill -KILL -"$pgid" 2>/dev/null
