@@ -103,8 +103,9 @@ def lock_status(settings: Settings) -> dict[str, dict[str, Any] | None]:
     return {name: lock_record(state) for name, state in states.items()}
 
 
-#: Lock owners that are deploys (recovered by lock.release); others are just removed.
-_NOT_DEPLOYS = {"rollback", "recover", "datamig.apply", "restart"}
+#: Lock owners that are deploys (recovered by lock.release); others are just removed. Their
+#: phase names are their own: a deploy's phases (``restart`` included) never take these.
+_NOT_DEPLOYS = {"rollback", "recover", "datamig.apply", "invoke restart"}
 
 
 def lock_release(settings: Settings, reporter: Reporter) -> dict[str, dict[str, Any] | None]:
@@ -138,7 +139,7 @@ def lock_release(settings: Settings, reporter: Reporter) -> dict[str, dict[str, 
 def restart(settings: Settings, reporter: Reporter) -> dict[str, Any]:
     """``invoke restart``: ``restart`` then ``health`` on every host, batch after batch, under
     the deploy lock. Raises HostError naming the hosts where it failed."""
-    owner = LockOwner.mine("restart", phase="restart")
+    owner = LockOwner.mine("restart", phase="invoke restart")
     targets = list(settings.targets)
     if not any(t.restart or t.health for t in targets):
         reporter.note("nothing to do: deploy.restart and deploy.health are empty")

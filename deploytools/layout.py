@@ -472,10 +472,12 @@ def switch_and_unlock_script(
 
 
 def take_over_script(root: str, *, old: LockOwner | None, owner: LockOwner) -> str:
-    """Recovery: stop a runner the dead owner left, then make its lock ours."""
+    """Recovery: make the dead owner's lock ours, then stop the runner and the hooks it
+    left running."""
     script = Script(root).call("need_root")
     script.call("take_over_lock", old.token if old else "", owner.token, owner.to_json())
-    return script.call("stop_runner", 10).call("read_state", REVISIONS_READ).text()
+    script.call("stop_runner", 10).call("stop_tracked", 5)
+    return script.call("read_state", REVISIONS_READ).text()
 
 
 def datamig_script(

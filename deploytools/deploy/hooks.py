@@ -106,12 +106,13 @@ def run_tracked(
     timeout: float | None,
     on_line: Callable[[str, str], None],
 ) -> CommandResult:
-    """Run a script that runs the application's commands; if it outlives its time limit (or
-    keeps its output open), stop what it still runs on the host: nothing keeps working
-    unobserved after the deploy gave up on it."""
+    """Run a script that runs the application's commands; if it outlives its time limit,
+    keeps its output open or loses its connection (a command outlives its client), stop what
+    it still runs on the host: nothing keeps working unobserved after the deploy gave up on
+    it."""
     result = host.transport.run_script(script, timeout=timeout, on_line=on_line)
     host.last = result
-    if result.timed_out or result.held_open:
+    if result.timed_out or result.held_open or result.connection_lost:
         with contextlib.suppress(Exception):
             host.transport.run_script(untrack_script(host.transport.target.root, track))
     return result

@@ -20,6 +20,7 @@ connection during migrate the runner is stopped (or waited for) first and the le
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ from ..layout import (
     abort_script,
     finish_script,
     log_and_unlock_script,
+    phase_script,
     preflight_script,
     switch_back_script,
     switch_script,
@@ -476,6 +478,7 @@ class Deploy:
                 # a runner may still commit: switching back now could serve old code on new
                 # data. Every host (and its lock) is left as it is, for a person.
                 return self._finish_error(error, "failed")
+            self._mark_undo()
             if not any(h.reached >= Step.SWITCHED for h in self.hosts.values()):
                 error = self._name_stayed_applied(error)
                 self.reporter.phase("abort", "removing the new release, releasing locks")
@@ -492,6 +495,22 @@ class Deploy:
                     "`invoke lock.status`)."
                 )
             return self._finish_error(error, status)
+
+    def _mark_undo(self) -> None:
+        """owner.json says ``undo`` before anything is put back: if this process dies now,
+        recovery must not keep the release being undone (its phase so far may say "every
+        migration applied"). Best effort: a host that cannot be reached keeps its record."""
+        switched = [h for h in self.hosts.values() if h.reached >= Step.SWITCHED]
+        if not switched:
+            return  # nothing was switched: recovery puts nothing back anyway
+        phase = "undo:restart" if any(h.reached >= Step.RESTARTED for h in switched) else "undo"
+        owner = self.owner.at(phase)
+        with contextlib.suppress(DeployToolsError):
+            self.group.run(
+                "undo",
+                lambda t: t.run_script(phase_script(t.target.root, owner=owner)),
+                hosts=[h.name for h in self.hosts.values() if h.reached >= Step.LOCKED],
+            )
 
     def _switch_back(self, error: DeployToolsError) -> tuple[DeployToolsError, dict[str, str]]:
         """After a switch: revert (if asked), switch back, restart where it had restarted,

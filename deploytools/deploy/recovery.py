@@ -4,10 +4,12 @@ A dead deployer cannot act, so the guarantee "code and data agree" holds once th
 has run (DESIGN §3). The next ``invoke deploy`` on the machine the dead owner ran on (or
 ``invoke lock.release`` anywhere) recovers first:
 
-1. take the dead owner's lock over on every host, stopping a migration runner it left;
-2. keep the interrupted release if it got through migrate with every migration applied,
+1. take the dead owner's lock over on every host, stopping a migration runner (and hooks) it
+   left;
+2. keep the interrupted release if it got through migrate with every migration applied
+   (``after_restart`` ones aside: they run once the release serves, and are then reported),
    otherwise go back to the last good release (the last one a succeeded deploy or rollback
-   made live);
+   made live), naming the migrations it committed;
 3. switch the hosts that are elsewhere, and run ``restart`` (and ``health``) where the code
    that should serve changed and the dead deploy had reached its restart;
 4. log the interrupted attempt (a failed one is never a rollback target), remove its leftovers,
@@ -40,8 +42,9 @@ from .state import HostProgress
 LIVE = {"migrate:after_restart", "finish"}
 #: Phases in which it stays if every migration it brought is applied.
 MIGRATED = {"migrate:after_switch", "restart"}
-#: Phases in which `restart` may already have run with the interrupted release.
-RESTARTED = {"restart", "migrate:after_restart", "finish"}
+#: Phases in which `restart` may already have run with the interrupted release (an undo
+#: records "undo:restart" when it began after a restart, "undo" otherwise).
+RESTARTED = {"restart", "migrate:after_restart", "finish", "undo:restart"}
 
 
 def dead_owner(held: LockHeld) -> LockOwner | None:
@@ -83,7 +86,7 @@ def recover(
         or (
             dead.phase in MIGRATED
             and migrations is not None
-            and all(m.get("state") in APPLIED for m in migrations)
+            and all(m.get("state") in APPLIED for m in migrations if not _after_restart(m))
         )
     )
     # what the interrupted release committed stays applied when its code goes: say which
@@ -111,7 +114,8 @@ def recover(
     if keep:  # the release stays: it must serve everywhere
         restart = moved if dead.phase in LIVE else list(targets)
     else:  # back to the last good release: restart it where the dead deploy restarted
-        restart = moved if dead.phase in RESTARTED else []
+        # (everywhere: an undo may have switched a host back without restarting it yet)
+        restart = list(targets) if dead.phase in RESTARTED else []
     if restart:
         reporter.phase("restart", ", ".join(restart))
         group.run(
@@ -157,6 +161,16 @@ def recover(
 
     group.run("recover", log)
     reporter.note(f"  recovered: {note}")
+    late = [
+        migration_label(m)
+        for m in migrations or []
+        if keep and _after_restart(m) and m.get("state") not in APPLIED
+    ]
+    if late:  # they run once the new code serves; the deploy that brought them died first
+        reporter.warn(
+            f"after_restart migrations of {release} were not applied: {', '.join(late)}; "
+            "run `invoke datamig.apply`"
+        )
     if stayed:  # a warning: shown with --json too
         reporter.warn(
             f"migrations of {release} stayed applied (they committed before the deploy died; "
@@ -203,6 +217,11 @@ def _migrations(
     if answer.data is None:
         return None
     return list(answer.data.get("migrations", []))
+
+
+def _after_restart(migration: dict[str, Any]) -> bool:
+    """Run once the new code serves: a release is live without them (DESIGN §4, phases)."""
+    return migration.get("phase") == "after_restart"
 
 
 def _applied_by(migrations: list[dict[str, Any]], release: str) -> list[str]:

@@ -52,6 +52,14 @@ take_lock() {
     [ -d "$root/deploy.lock" ] ||
       fail 1 "cannot create $root/deploy.lock: $(mkdir -- "$root/deploy.lock" 2>&1)"
     if own_lock "$1"; then write_private "$root/deploy.lock/owner.json" "$2"; return 0; fi
+    # a deploy that has just made the directory writes owner.json next: wait for it (2 s at
+    # most), so the refusal can name the owner
+    waited=0
+    while [ -d "$root/deploy.lock" ] && [ ! -s "$root/deploy.lock/owner.json" ] &&
+      [ "$waited" -lt 20 ]; do
+      sleep 0.1 2>/dev/null || sleep 1
+      waited=$((waited + 1))
+    done
     show_lock
     exit 65
   fi
@@ -72,7 +80,6 @@ take_over_lock() {
     show_lock; exit 65
   fi
   mkdir -p -- "$root/deploy.lock" || fail 1 "cannot create $root/deploy.lock"
-  rm -f -- "$root/deploy.lock/runner.pid"
   write_private "$root/deploy.lock/token" "$2"
   write_private "$root/deploy.lock/owner.json" "$3"
   lock_token=$2
@@ -410,13 +417,19 @@ activate_path_only() {
 }
 runner_alive() {
   runner_pid=$(cat -- "$root/deploy.lock/runner.pid" 2>/dev/null) || return 1
-  [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null
+  [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null || return 1
+  # a zombie has ended: killed, but its parent (a hung sshd session) has not reaped it
+  stat=$(cat "/proc/$runner_pid/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
 }
 stop_runner() {
   # stop_runner GRACE: SIGTERM to the runner's process group (it rolls back the migration in
   # flight and records the attempt), SIGKILL after GRACE seconds; returns once it is gone
-  runner_alive || { emit runner_stopped none; return 0; }
+  runner_alive || { rm -f -- "$root/deploy.lock/runner.pid"; emit runner_stopped none; return 0; }
   kill -TERM -"$runner_pid" 2>/dev/null || kill -TERM "$runner_pid" 2>/dev/null
+  # a stopped runner (its session frozen) acts on SIGTERM only once continued
+  kill -CONT -"$runner_pid" 2>/dev/null || kill -CONT "$runner_pid" 2>/dev/null
   waited=0
   while runner_alive; do
     if [ "$waited" -ge "$(( $1 * 10 ))" ]; then
@@ -450,18 +463,30 @@ track() {
   trap 'status=$?; [ -z "$on_exit_untrack" ] || rm -f -- "$on_exit_untrack"; if [ "$status" -ne 0 ]; then eval "$on_failure"; fi; exit "$status"' EXIT
 }
 untrack() {
-  # untrack NAME GRACE: SIGTERM the tracked process group, SIGKILL after GRACE seconds
+  # untrack NAME GRACE: SIGTERM the tracked process group, SIGKILL after GRACE seconds; stop
+  # waiting GRACE seconds later (killed processes a hung session never reaps stay zombies)
   file="$abs/.deploytools-$1.pgid"
   [ -f "$file" ] || { emit stopped none; return 0; }
   pgid=$(cat -- "$file"); rm -f -- "$file"
   [ -n "$pgid" ] && kill -TERM -"$pgid" 2>/dev/null || { emit stopped none; return 0; }
+  kill -CONT -"$pgid" 2>/dev/null  # stopped processes act on SIGTERM only once continued
   waited=0
-  while kill -0 -"$pgid" 2>/dev/null; do
+  while kill -0 -"$pgid" 2>/dev/null && [ "$waited" -lt "$(( $2 * 20 ))" ]; do
     [ "$waited" -ge "$(( $2 * 10 ))" ] && kill -KILL -"$pgid" 2>/dev/null
     sleep 0.1 2>/dev/null || sleep 1
     waited=$(( waited + 1 ))
   done
   emit stopped "$pgid"
+}
+stop_tracked() {
+  # stop_tracked GRACE: whatever tracked scripts of a dead deploy still run (its hooks, a
+  # restart, the installer), as `untrack` stops each
+  for tracked_file in "$abs"/.deploytools-*.pgid; do
+    [ -f "$tracked_file" ] || continue
+    name=${tracked_file##*/.deploytools-}
+    untrack "${name%.pgid}" "$1"
+  done
+  return 0
 }
 holders() {
   # the processes (other than this script) that keep our output pipes open: a daemon a hook
