@@ -45,7 +45,7 @@ def baseline_deploy(cluster, roots: dict[str, Path], archive: Path, release: str
         root = roots[host.spec]
         with Connection(
             host.address,
-            user="root",
+            user=host.user,
             port=host.port,
             connect_kwargs={"key_filename": [str(cluster.client_key)]},
         ) as c:
