@@ -400,11 +400,11 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def spread(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
-    """``median [Q1-Q3]``."""
-    q1, median, q3 = quartiles([v * scale for v in values])
-    digits = 3 if unit == "s" else 2
-    return f"{median:.{digits}f} [{q1:.{digits}f}-{q3:.{digits}f}]{unit and ' ' + unit}"
+def spread(values: list[float], unit: str = "s", digits: int = 3) -> str:
+    """``median [Q1-Q3] unit``."""
+    q1, median, q3 = quartiles(values)
+    text = f"{median:,.{digits}f} [{q1:,.{digits}f}-{q3:,.{digits}f}]"
+    return f"{text} {unit}" if unit else text
 
 
 def paired(ours: list[float], theirs: list[float]) -> tuple[float, float, float]:
