@@ -327,7 +327,9 @@ def change_text_file(repo: AppRepo, path: str, seed: int) -> None:
 def host_python(directory: Path) -> Path:
     """A Python the login user can run that imports this checkout's deploytools (for
     ``deploy.python``): a venv from /usr/bin/python3 with the dependencies from the
-    ``.wheelhouse/`` cache that ``dev.py test`` fills, and a .pth naming this checkout."""
+    ``.wheelhouse/`` cache that ``dev.py test`` fills, and a .pth naming this checkout.
+    Compiled to bytecode, as pip installs: the runner writes no bytecode (it keeps
+    ``__pycache__`` out of releases), so without it every start compiles SQLAlchemy again."""
     venv = directory / "host-python"
     uv = Path(sys.executable).parent / "uv"
     base = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -338,7 +340,8 @@ def host_python(directory: Path) -> Path:
     wheels = REPO / ".wheelhouse"
     subprocess.run(
         [str(uv), "pip", "install", "-q", "--python", str(venv / "bin/python"),
-         "--offline", "--no-index", "--find-links", str(wheels), *requirements],
+         "--offline", "--no-index", "--find-links", str(wheels), "--compile-bytecode",
+         *requirements],
         check=True, env=env,
     )  # fmt: skip
     site = next((venv / "lib").glob("python3*/site-packages"))
