@@ -313,8 +313,8 @@ class Case:
                 self.prepare(tool)
                 timed = self.measure(tool)
                 self.figures.seconds[tool].append(timed.seconds)
-                if timed.data:
-                    self.figures.phases.append(timed.data.get("phases", {}))
+                if timed.data and timed.data.get("phases"):
+                    self.figures.phases.append(timed.data["phases"])
             print(
                 f"  round {number}/{count}: "
                 + ", ".join(f"{t} {self.figures.seconds[t][-1]:.2f} s" for t in TOOLS),
@@ -345,7 +345,8 @@ class Case:
             ]
             if timed.data:
                 self.figures.reported = [
-                    (h["commands"], h["connections"], h["bytes_sent"]) for h in timed.data["hosts"]
+                    (h["commands"], h["connections"], h.get("bytes_sent", -1))
+                    for h in timed.data["hosts"]
                 ]
 
     def report(self) -> None:
@@ -390,7 +391,7 @@ class Case:
                 print(f"  {tool:20} {cells}")
             if self.figures.reported:
                 cells = "; ".join(
-                    f"host{i + 1} {c} cmd, {n} conn, {b:,} B"
+                    f"host{i + 1} {c} cmd, {n} conn, " + (f"{b:,} B" if b >= 0 else "? B")
                     for i, (c, n, b) in enumerate(self.figures.reported)
                 )
                 print(f"  {'(deploytools --json)':20} {cells}")
