@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import benchlib as bl
@@ -43,9 +46,9 @@ class Uploads:
         self.cli = cli
         self.config_for = config_for
 
-    def deploy(self, count: int | None = None) -> tuple[float, list[int], list[dict]]:
+    def deploy(self, count: int | None = None) -> tuple[float, list[int], dict]:
         """Deploy HEAD to all hosts (or the first ``count``); seconds, bytes per host (all
-        hosts, 0 where nothing was sent) and deploytools' per-host report."""
+        hosts, 0 where nothing was sent) and deploytools' answer."""
         before = self.hosts.traffic()
         args = ["deploy", "--json"]
         if count is not None:
@@ -53,7 +56,7 @@ class Uploads:
         timed = self.cli.run(self.config_for, *args)
         after = self.hosts.traffic()
         sent = [a[1] - b[1] for a, b in zip(after, before, strict=True)]
-        return timed.seconds, sent, timed.data["hosts"] if timed.data else []
+        return timed.seconds, sent, timed.data or {}
 
 
 def megabytes(count: int) -> str:
@@ -90,17 +93,23 @@ def main() -> int:
         seconds, sent, report = uploads.deploy()
         print(f"  first deploy ({seconds:.2f} s): " + per_host(sent, report))
 
-        times, rounds = [], []
+        times, rounds, phases = [], [], []
         for number in range(1, options.rounds + 1):
             bl.change_text_file(repo, file_of(number), number)
             seconds, sent, report = uploads.deploy()
             times.append(seconds)
             rounds.append(sent)
+            phases.append(report["phases"])
             print(f"  round {number}: {seconds:.2f} s, {sent}", file=sys.stderr)
         print(f"  one changed text file, {options.rounds} redeploys: {bl.spread(times)}")
         for index in range(3):
             column = [r[index] for r in rounds]
             print(f"    host{index + 1}: {bl.spread(column, 'B', 0)} client→host")
+        names = list(dict.fromkeys(n for p in phases for n in p))
+        shown = ", ".join(
+            f"{n} {bl.quartiles([p.get(n, 0) for p in phases])[1]:.3f}" for n in names
+        )
+        print(f"    phases, median s: {shown}")
         worst = max(max(r) for r in rounds)
         verdict = "met" if worst < bl.MB else "NOT met"
         print(f"    target: under 1 MB per host: largest {megabytes(worst)}, {verdict}")
@@ -109,7 +118,7 @@ def main() -> int:
         current = hosts.local(0, "upload") / "current" / ".release.json"
         archive, plan = payload_sizes(repo.path, json.loads(current.read_text()))
         seconds, sent, report = uploads.deploy()
-        commands = report[0]["commands"]
+        commands = report["hosts"][0]["commands"]
         scripts = commands * len(library().encode())
         print(
             f"    what one of them sends host1 ({sent[0]:,} B): the archive of the changed "
@@ -129,6 +138,7 @@ def main() -> int:
             f"  hosts on different releases (host1 1 change behind, host2 2, host3 3), "
             f"{seconds:.2f} s: " + per_host(sent, report)
         )
+        costs(repo.path, hosts, directory, size)
     finally:
         hosts.stop()
         bl.cleanup(directory)
@@ -143,7 +153,44 @@ def payload_sizes(repo: Path, previous: dict) -> tuple[int, int]:
         return payload.archive.stat().st_size, payload.plan.stat().st_size
 
 
-def per_host(sent: list[int], report: list[dict]) -> str:
+def costs(repo: Path, hosts: bl.BenchHosts, directory: Path, size: int) -> None:
+    """What a redeploy of the large application costs whatever it sends: the client builds
+    and hashes the whole tree; each host links the previous release and checks every file."""
+    print(f"  work on the whole {size / bl.MB:.0f} MB, whatever changed (median of 3):")
+    times = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory(prefix="bench-upload-build-") as workdir:
+            started = time.perf_counter()
+            build_release(repo, "HEAD", "migrations", Path(workdir))
+            times.append(time.perf_counter() - started)
+    print(f"    client: build (git archive, sha256 of every file): {bl.spread(times)}")
+    release = (hosts.local(0, "upload") / "current").resolve()
+    manifest = json.loads((release / ".release.json").read_text())
+    sums = directory / "sums"
+    sums.write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in manifest["files"]))
+    sums.chmod(0o644)
+    check = ["sh", "-c", f"cd {shlex.quote(str(release))} && sha256sum -c --quiet {sums}"]
+    copy = hosts.local(0, "upload") / "releases" / ".bench-copy"
+    link = ["cp", "-al", "--", str(release), str(copy)]
+    checks, links = [], []
+    for _ in range(3):
+        checks.append(timed_as(hosts.user, check))
+        links.append(timed_as(hosts.user, link))
+        subprocess.run(["rm", "-rf", "--", str(copy)], check=True)
+    print(f"    host: sha256sum -c of every file of the release: {bl.spread(checks)}")
+    print(f"    host: cp -al of the previous release: {bl.spread(links)}")
+
+
+def timed_as(user: str, argv: list[str]) -> float:
+    if bl.is_root() and user != "root":
+        argv = ["runuser", "-u", user, "--", *argv]
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def per_host(sent: list[int], answer: dict) -> str:
+    report = answer.get("hosts", [])
     cells = []
     for index, count in enumerate(sent):
         files = report[index]["files_sent"] if index < len(report) else "?"
