@@ -10,8 +10,10 @@ the 300-file, 5 MB application) in-process with ``deploytools.deploy.deploy`` an
   in all and per host;
 - peak RSS of the client during the deploy (``VmHWM``, reset before each deploy) and peak open
   file descriptors and threads (sampled every 5 ms by a thread whose own CPU is left out);
-- the cores busy on the whole machine meanwhile (``/proc/stat``): the sshd hosts and the
-  client share them, so at 32 and more hosts the wall time measures CPU saturation.
+- the hosts' CPU-seconds (the sshd listeners' reaped children: sessions and the commands they
+  ran) and the cores used, (client + hosts CPU) / wall: the sshd hosts and the client share the
+  machine's cores, so at 32 and more hosts the wall time measures CPU saturation; the whole
+  machine's busy cores (``/proc/stat``, other users included) beside.
 
 Rounds are interleaved (one deploy per size, in a rotating order); per-host CPU at 32 and 100
 hosts is given relative to 1 host as the median of the per-round ratios, with its IQR.
@@ -161,6 +163,21 @@ class Worker:
             self.process.wait(60)
 
 
+def hosts_cpu(listeners: list[int]) -> float:
+    """CPU-seconds the sshd hosts spent so far: each listener's own time and that of the
+    sessions it reaped (which include the commands they ran, reaped in turn)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(bl.servers.process_tree(p) for p in listeners):
+        time.sleep(0.01)  # the closed sessions are reaped (and so counted) just after
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in listeners:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / ticks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -206,7 +223,10 @@ def main() -> int:
         for number in range(1, options.rounds + 1):
             for size in bl.rotate(sizes, number):
                 repo.bump()
+                listeners = [h.process.pid for h in hosts.hosts[:size]]
+                before = hosts_cpu(listeners)
                 answer = workers[size].deploy()
+                answer["hosts_cpu"] = hosts_cpu(listeners) - before
                 if answer["status"] != "succeeded":
                     raise RuntimeError(f"deploy to {size} hosts: {answer}")
                 figures[size].append(answer)
@@ -228,9 +248,15 @@ def report(sizes: list[int], figures: dict[int, list[dict]]) -> None:
     rounds = len(figures[sizes[0]])
     cores = len(os.sched_getaffinity(0))
     print(f"  {rounds} rounds, medians [IQR]; {cores} cores shared by the client and every sshd")
+    print(
+        "  client CPU: this process and its children (git); hosts CPU: the sshd listeners, their\n"
+        "  sessions and commands; cores used: (client + hosts CPU) / wall; machine busy: every\n"
+        "  process on the machine, other users' included"
+    )
     header = (
-        f"  {'hosts':>5}  {'wall s':22} {'cores busy':18} {'client CPU s':22} "
-        f"{'CPU s per host':26} {'peak RSS MB':12} {'peak fds':9} {'threads':7}"
+        f"  {'hosts':>5}  {'wall s':22} {'client CPU s':22} {'CPU s per host':26} "
+        f"{'hosts CPU s':22} {'cores used':18} {'machine busy':18} "
+        f"{'peak RSS MB':12} {'peak fds':9} {'threads':7}"
     )
     print(header)
 
@@ -241,9 +267,11 @@ def report(sizes: list[int], figures: dict[int, list[dict]]) -> None:
         rows = figures[size]
         print(
             f"  {size:>5}  {bl.spread([r['wall'] for r in rows]):22} "
-            f"{bl.spread([r['cores_busy'] for r in rows], '', 2):18} "
             f"{bl.spread([cpu(r) for r in rows]):22} "
             f"{bl.spread([cpu(r) / size for r in rows], 's', 4):26} "
+            f"{bl.spread([r['hosts_cpu'] for r in rows]):22} "
+            f"{bl.spread([(cpu(r) + r['hosts_cpu']) / r['wall'] for r in rows], '', 2):18} "
+            f"{bl.spread([r['cores_busy'] for r in rows], '', 2):18} "
             f"{max(r['peak_rss_kb'] for r in rows) / 1024:<12.0f} "
             f"{max(r['peak_fds'] for r in rows):<9} {max(r['peak_threads'] for r in rows):<7}"
         )
