@@ -11,13 +11,17 @@ checkout. Measures, in the same run:
 3. ``cProfile`` of ``deploytools.deploy.deploy`` in-process (no start-up): the functions
    with the most cumulative and own time;
 4. a timeline of every remote command, upload and connect of one deploy, measured on the
-   client (the transport's methods wrapped by this script);
+   client (the transport's methods wrapped by this script), with the time each command spent
+   in the host's shell (a login shell wrapper logs when bash starts and ends);
 5. the host side: the programs each deploy runs there (``strace -f -e trace=execve`` on the
    host's sshd, one deploy each, not timed), and the runner's start-up: ``python -c pass``,
    ``import deploytools.datamig.runner`` and ``datamig check --json`` run in the release as
    the login user, with ``-X importtime``'s slowest imports;
 6. the floor: an SSH connection, one exec of ``true``, one exec of the shell library that
-   every deploytools command carries, the same library parsed by ``sh`` locally.
+   every deploytools command carries, the same library parsed by ``sh`` locally;
+7. what-ifs: candidate changes patched into the client in this process (TCP_QUICKACK on the
+   socket; the shell library kept on the host instead of sent with each command), a warm
+   deploy and a rollback each, interleaved with the code as it is.
 
     python bench/profile_deploy.py [--rounds 15]
 """
@@ -25,6 +29,7 @@ checkout. Measures, in the same run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import os
@@ -111,18 +116,61 @@ class Timeline:
         wrap(ssh.SSHTransport, "run_script", lambda script, *a: "exec " + label(script))
         wrap(ssh.SSHTransport, "put", lambda local, remote, *a: f"sftp put {Path(remote).name}")
 
-    def show(self, title: str, wall: float) -> None:
-        print(f"  {title}: {wall * 1000:.0f} ms in deploy(); remote work as the client saw it:")
+    def show(self, title: str, wall: float, inside: list[float]) -> None:
+        """The events, with the time each exec spent in the host's shell (``inside``, in
+        order) when known."""
+        print(f"  {title}: {wall * 1000:.0f} ms in deploy(); remote work as the client saw it")
+        print("    start     round trip  on the host  what")
         busy = 0.0
+        left = list(inside)
         for started, ended, what in sorted(self.events):
             busy += ended - started
+            host = f"{left.pop(0) * 1000:6.1f} ms" if what.startswith("exec") and left else " " * 9
             print(
                 f"    +{(started - self.origin) * 1000:6.1f} ms  {(ended - started) * 1000:6.1f} ms"
-                f"  {what}"
+                f"  {host}   {what}"
             )
         local = (wall - busy) * 1000
-        print(f"    remote total {busy * 1000:.0f} ms; the rest (local, or waits) {local:.0f} ms")
+        print(
+            f"    remote total {busy * 1000:.0f} ms, of which in the host's shell "
+            f"{sum(inside) * 1000:.0f} ms; the rest (local work, waits) {local:.0f} ms"
+        )
         self.events.clear()
+
+
+class HostClock:
+    """How long each exec request runs inside the host: while ``timing()``, the login user's
+    shell is a wrapper that logs when bash starts and ends (``date +%s%N``, ~1 ms each)."""
+
+    def __init__(self, directory: Path, user: str) -> None:
+        self.user = user
+        self.log = directory / "host-times.log"
+        self.wrapper = directory / "timing-shell"
+        self.wrapper.write_text(
+            "#!/bin/sh\nstart=$(date +%s%N)\n"
+            f'{bl.LOGIN_SHELL} "$@"\nstatus=$?\n'
+            f'printf "%s %s\\n" "$start" "$(date +%s%N)" >> {self.log}\nexit $status\n'
+        )
+        self.wrapper.chmod(0o755)
+
+    @property
+    def available(self) -> bool:
+        return bl.is_root() and self.user != "root"
+
+    def timing(self, action) -> list[float]:
+        """Run ``action``; the seconds each exec request spent in the host's shell."""
+        if not self.available:
+            action()
+            return []
+        self.log.write_text("")
+        self.log.chmod(0o666)
+        bl.set_login_shell(self.user, str(self.wrapper))
+        try:
+            action()
+        finally:
+            bl.set_login_shell(self.user, bl.LOGIN_SHELL)
+        spans = [line.split() for line in self.log.read_text().splitlines()]
+        return [(int(end) - int(start)) / 1e9 for start, end in spans]
 
 
 def profile_all_threads(action) -> tuple[pstats.Stats, float]:
@@ -245,6 +293,94 @@ def ssh_floor(hosts: bl.BenchHosts, count: int) -> dict[str, list[float]]:
         figures["paused"].append(exec_(client, "true"))
         client.close()
     return figures
+
+
+# -- what-ifs: candidate changes, measured by patching the client in this process ------------
+
+
+@contextlib.contextmanager
+def quickack():
+    """TCP_QUICKACK after every read from the socket: the client ACKs at once, so the
+    server's Nagle never waits ~40 ms for a delayed ACK (the first command after a connect)."""
+    from deploytools.hosts import ssh
+
+    original = ssh.MeteredSocket.recv
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        data = original(self, size, *flags)
+        with contextlib.suppress(OSError, AttributeError):
+            self._inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
+
+    ssh.MeteredSocket.recv = recv
+    try:
+        yield
+    finally:
+        ssh.MeteredSocket.recv = original
+
+
+@contextlib.contextmanager
+def library_on_host(local: Path, remote: str, user: str):
+    """The shell library kept on the host (here written straight to its disk) and sourced,
+    instead of sent with every command."""
+    from deploytools import layout
+
+    text = layout.library()
+    local.write_text(text)
+    if bl.is_root():
+        bl.give(local, user)
+    original = layout.library
+    layout.library = lambda: f". {shlex.quote(remote)}\n"
+    try:
+        yield
+    finally:
+        layout.library = original
+
+
+def what_ifs(kind: Condition, hosts: bl.BenchHosts, rounds: int) -> None:
+    """Warm deploy then rollback, interleaved over the variants; in-process (no start-up)."""
+    from deploytools.deploy import deploy
+    from deploytools.output import Reporter
+    from deploytools.rollback import rollback
+
+    quiet = Reporter(json_mode=True)
+    root = f"{NAME}-plain"
+    variants = {
+        "as is": contextlib.nullcontext,
+        "TCP_QUICKACK": quickack,
+        "shell library kept on the host": lambda: library_on_host(
+            hosts.local(0, root) / ".bench-lib.sh",
+            hosts.root(0, root) + "/.bench-lib.sh",
+            hosts.user,
+        ),
+    }
+    figures = {name: {"deploy": [], "rollback": [], "bytes": []} for name in variants}
+    for number in range(rounds + 1):
+        for name in bl.rotate(list(variants), number):
+            with variants[name]():
+                kind.step()
+                started = time.perf_counter()
+                result = deploy(kind.settings, reporter=quiet)
+                deployed = time.perf_counter() - started
+                started = time.perf_counter()
+                rollback(kind.settings, reporter=quiet)
+                rolled = time.perf_counter() - started
+            if number:  # the first round warms up
+                figures[name]["deploy"].append(deployed)
+                figures[name]["rollback"].append(rolled)
+                figures[name]["bytes"].append(result.hosts[0]["bytes_sent"])
+    base = figures["as is"]
+    for name, values in figures.items():
+        line = (
+            f"  {name:32} deploy {bl.spread(values['deploy'])}, rollback "
+            f"{bl.spread(values['rollback'])}, {statistics.median(values['bytes']):,.0f} B sent"
+        )
+        if name != "as is":
+            line += (
+                f"; ÷ as is: deploy {bl.ratio_text(values['deploy'], base['deploy'])}, "
+                f"rollback {bl.ratio_text(values['rollback'], base['rollback'])}"
+            )
+        print(line)
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -386,11 +522,12 @@ def main() -> int:
         print("\n4. timeline of one deploy (in-process; +ms from the start of deploy())")
         timeline = Timeline()
         timeline.install()
+        clock = HostClock(directory, hosts.user)
         for kind in kinds:
             kind.step()
             timeline.origin = started = time.perf_counter()
-            deploy(kind.settings, reporter=quiet)
-            timeline.show(kind.title, time.perf_counter() - started)
+            inside = clock.timing(lambda k=kind: deploy(k.settings, reporter=quiet))
+            timeline.show(kind.title, time.perf_counter() - started, inside)
 
         # 5. the host side
         print("\n5. the host side")
@@ -452,6 +589,13 @@ def main() -> int:
         local = timed_runs(["sh", "-c", script], 20)
         bare = timed_runs(["sh", "-c", "true"], 20)
         print(f"  locally: sh -c <library> {median_ms(local)}, sh -c true {median_ms(bare)}")
+
+        # 7. what-ifs
+        print(
+            f"\n7. what if: candidate changes patched into the client, in-process, warm deploy "
+            f"then rollback, no migrations, {options.rounds} interleaved rounds"
+        )
+        what_ifs(kinds[0], hosts, options.rounds)
     finally:
         hosts.stop()
         bl.cleanup(directory)
