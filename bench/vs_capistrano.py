@@ -191,9 +191,8 @@ class CapProject:
 
     def run(self, task: str, *, nodelay: bool = False, stage: str = "production") -> float:
         # Capistrano names a release by the second it starts: never two in one second
-        wait = 1.0 - (time.time() - int(self.last_start)) if self.last_start else 0
         if int(time.time()) == int(self.last_start):
-            time.sleep(max(wait, 0) + 0.01)
+            time.sleep(int(self.last_start) + 1.01 - time.time())
         env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "RUBYOPT")}
         env["HOME"] = str(self.home)
         if nodelay:
