@@ -123,6 +123,7 @@ def main() -> None:
         print("  (deploytools also builds the archive and checks it; the baseline's is prebuilt)")
     finally:
         cluster.stop()
+        servers.remove_tree(workdir)  # holds the client's private key
 
 
 if __name__ == "__main__":
