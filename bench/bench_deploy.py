@@ -45,7 +45,7 @@ def baseline_deploy(cluster, roots: dict[str, Path], archive: Path, release: str
         root = roots[host.spec]
         with Connection(
             host.address,
-            user="root",
+            user=host.user,
             port=host.port,
             connect_kwargs={"key_filename": [str(cluster.client_key)]},
         ) as c:
@@ -123,6 +123,7 @@ def main() -> None:
         print("  (deploytools also builds the archive and checks it; the baseline's is prebuilt)")
     finally:
         cluster.stop()
+        servers.remove_tree(workdir)  # holds the client's private key
 
 
 if __name__ == "__main__":
