@@ -19,6 +19,7 @@ from ..config import Settings, Target
 from .transport import (
     HELD_OPEN_GRACE,
     CommandResult,
+    InputFeed,
     LineCallback,
     OutputStream,
     Progress,
@@ -45,18 +46,28 @@ class LocalTransport:
         *,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
+        feed: InputFeed | None = None,
     ) -> CommandResult:
         limit = time_limit(timeout, self.settings)
         deadline = None if limit is None else time.monotonic() + limit
         self.commands += 1
         process = subprocess.Popen(
             ["sh", "-c", script],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if feed is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so a timeout can end all of it
         )
         assert process.stdout is not None and process.stderr is not None
+        if feed is not None:
+            stdin = process.stdin
+            assert stdin is not None
+
+            def write(data: bytes) -> None:
+                stdin.write(data)
+                stdin.flush()
+
+            feed.start(write, stdin.close)
         streams = {
             process.stdout.fileno(): OutputStream("stdout", on_line),
             process.stderr.fileno(): OutputStream("stderr", on_line),

@@ -42,6 +42,7 @@ from ..exceptions import ConfigError, TransportError
 from .transport import (
     HELD_OPEN_GRACE,
     CommandResult,
+    InputFeed,
     LineCallback,
     OutputStream,
     Progress,
@@ -94,10 +95,17 @@ class MeteredSocket:
         self._inner = inner
         self.bytes_received = 0
         self.bytes_sent = 0
+        # Linux forgets TCP_QUICKACK after a while: set again after every read, so the host
+        # never waits for our delayed ACK behind its own Nagle (about 40 ms per exchange
+        # whose reply is a second small packet, as the first channel after authentication)
+        self._quickack = isinstance(inner, socket.socket) and hasattr(socket, "TCP_QUICKACK")
 
     def recv(self, size: int, *flags: int) -> bytes:
         data = self._inner.recv(size, *flags)
         self.bytes_received += len(data)
+        if self._quickack:
+            with contextlib.suppress(OSError):
+                self._inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         return data
 
     def send(self, data: bytes, *flags: int) -> int:
@@ -492,6 +500,7 @@ class SSHTransport:
         *,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
+        feed: InputFeed | None = None,
     ) -> CommandResult:
         limit = time_limit(timeout, self.settings)
         connection = self._connect()
@@ -499,7 +508,10 @@ class SSHTransport:
         try:
             channel = connection.transport.open_session(timeout=self.settings.connect_timeout)
             channel.exec_command("sh -c " + shlex.quote(script))
-            channel.shutdown_write()  # no stdin: a command reading it gets EOF, not a hang
+            if feed is None:
+                channel.shutdown_write()  # no stdin: a command reading it gets EOF, not a hang
+            else:
+                feed.start(channel.sendall, channel.shutdown_write)
         except (paramiko.SSHException, EOFError, OSError, AttributeError) as error:
             return CommandResult(None, "", self._lost(connection, error))
         deadline = None if limit is None else time.monotonic() + limit

@@ -13,8 +13,11 @@ streams its output line by line to an optional ``on_line`` callback as the lines
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +78,12 @@ class Transport(Protocol):
         *,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
+        feed: InputFeed | None = None,
     ) -> CommandResult:
         """Run ``script`` with ``sh`` on the host (one remote command), for at most
         ``timeout`` seconds (None: ``deploy.command_timeout``; ``NO_LIMIT``: no limit).
-        ``on_line(stream, line)`` gets every line as it arrives, from a reader thread."""
+        ``on_line(stream, line)`` gets every line as it arrives, from a reader thread. The
+        command's stdin is empty, or what ``feed`` is given while it runs."""
         ...
 
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
@@ -158,6 +163,35 @@ class OutputStream:
             self.on_line(self.name, line.removesuffix("\r"))
         except BaseException as error:  # re-raised by the transport when the command is over
             self.error = error
+
+
+class InputFeed:
+    """What a running command reads on its stdin, given while it runs: a conversation (the
+    migration runner's session answers each line it reads). ``close`` ends its stdin."""
+
+    def __init__(self) -> None:
+        self._items: queue.Queue[bytes | None] = queue.Queue()
+
+    def send(self, text: str) -> None:
+        self._items.put(text.encode())
+
+    def close(self) -> None:
+        self._items.put(None)
+
+    def forward(self, write: Callable[[bytes], object], end: Callable[[], object]) -> None:
+        """Copy what is sent to ``write`` until ``close``, then ``end`` (in its own thread);
+        a command that stopped reading (gone) ends the forwarding quietly."""
+        try:
+            while (item := self._items.get()) is not None:
+                write(item)
+        except (OSError, EOFError, ValueError):
+            return
+        with contextlib.suppress(OSError, EOFError, ValueError):
+            end()
+
+    def start(self, write: Callable[[bytes], object], end: Callable[[], object]) -> None:
+        thread = threading.Thread(target=self.forward, args=(write, end), name="stdin", daemon=True)
+        thread.start()
 
 
 def raise_callback_error(*streams: OutputStream) -> None:

@@ -266,10 +266,12 @@ build_env() {
     printf 'building the environment %s from %s with %s\n' "$hash" "$lock_file" "$installer" >&2
     if [ "$kind" = uv.lock ]; then
       (cd -- "$partial" && UV_PROJECT_ENVIRONMENT=$abs_env uv sync --frozen --no-dev \
-        --no-install-project --python "$venv_python" "$@") 1>&2 || fail 76 "uv sync failed"
+        --no-install-project --compile-bytecode --python "$venv_python" "$@") 1>&2 ||
+        fail 76 "uv sync failed"
     elif [ "$installer" = uv ]; then
       uv venv --quiet --python "$venv_python" "$abs_env" 1>&2 &&
-        (cd -- "$partial" && uv pip install --python "$abs_env/bin/python" -r "$lock_file" "$@") 1>&2 ||
+        (cd -- "$partial" && uv pip install --compile-bytecode --python "$abs_env/bin/python" \
+          -r "$lock_file" "$@") 1>&2 ||
         fail 76 "uv pip install -r $lock_file failed"
     else
       "$venv_python" -m venv "$abs_env" 1>&2 ||
