@@ -9,8 +9,13 @@ answer into the right error. Callers never look at exit codes or raw output them
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import json
+import queue
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +28,7 @@ from .exceptions import (
     ReleaseNotFound,
     UsageError,
 )
-from .hosts.transport import NO_LIMIT, Transport
+from .hosts.transport import NO_LIMIT, InputFeed, Transport
 from .layout import Code, datamig_script, stop_runner_script, wait_runner_script
 from .lock import LockOwner
 
@@ -144,14 +149,7 @@ class Runner:
     ) -> RunnerAnswer:
         """``datamig <command> --json`` in ``<root>/<directory>``: one remote command. With
         ``owner``, the runner's pid is recorded in the deploy lock (it can then be stopped)."""
-        settings = self.settings
-        argv = ["-m", RUNNER_MODULE, command, "--json", "--path", settings.migrations_path]
-        argv += ["--lock-timeout", f"{settings.lock_timeout:g}"]
-        if settings.statement_timeout is not None:
-            argv += ["--statement-timeout", f"{settings.statement_timeout:g}"]
-        if settings.pg_lock_timeout is not None:
-            argv += ["--pg-lock-timeout", f"{settings.pg_lock_timeout:g}"]
-        argv += list(args)
+        argv = self.argv(command, args)
         script = datamig_script(
             self.transport.target.root,
             directory,
@@ -178,6 +176,17 @@ class Runner:
         self._check_protocol(answer)
         return answer
 
+    def argv(self, command: str, args: Sequence[str]) -> list[str]:
+        """The runner's command line after the python (every value a separate word)."""
+        settings = self.settings
+        argv = ["-m", RUNNER_MODULE, command, "--json", "--path", settings.migrations_path]
+        argv += ["--lock-timeout", f"{settings.lock_timeout:g}"]
+        if settings.statement_timeout is not None:
+            argv += ["--statement-timeout", f"{settings.statement_timeout:g}"]
+        if settings.pg_lock_timeout is not None:
+            argv += ["--pg-lock-timeout", f"{settings.pg_lock_timeout:g}"]
+        return argv + list(args)
+
     def _check_protocol(self, answer: RunnerAnswer) -> None:
         if answer.data is None:
             return
@@ -203,6 +212,10 @@ class Runner:
         findings become a UsageError; nothing is applied. ``path``: another migrations
         folder than the release's own (a dry run's staged copy)."""
         answer = self.call("check", directory, ["--path", path] if path else [], owner=owner)
+        return self.check_report(answer)
+
+    def check_report(self, answer: RunnerAnswer) -> CheckReport:
+        """A ``check`` answer as a report, or the error it means (exit 2 for a finding)."""
         if answer.ok and answer.data is not None:
             data = answer.data
             return CheckReport(
@@ -226,6 +239,11 @@ class Runner:
         if answer.exit_code not in (2, 3):
             error = UsageError(str(error))  # the check changes nothing: a finding is exit 2
         raise error
+
+    def session(self, directory: str, *, owner: LockOwner) -> Session:
+        """One runner for the rest of a deploy (``datamig session``): it checks at once,
+        then applies each phase when told. Saves a second interpreter start and import."""
+        return Session(self, directory, owner)
 
     def apply(
         self, directory: str, *, release: str, phase: str, owner: LockOwner | None
@@ -266,6 +284,91 @@ class Runner:
         )
         if not result.ok:
             raise _unsettled(self.host, result.stderr.strip() or "no answer")
+
+
+class Session:
+    """A runner that answers one JSON line per step: ``check`` at once, then ``apply PHASE``
+    for each phase it is sent, until its stdin is closed. Its log lines stream as they come.
+    If its command ends early (a lost connection, a stop), a step answers like a one-shot
+    call that ended the same way, and later steps fall back to one-shot calls."""
+
+    def __init__(self, runner: Runner, directory: str, owner: LockOwner) -> None:
+        self.runner = runner
+        self.feed = InputFeed()
+        self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=50)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runner")
+        script = datamig_script(
+            runner.transport.target.root,
+            directory,
+            runner_python(runner.transport.target),
+            runner.argv("session", []),
+            owner=owner,
+        )
+        self._command = self._pool.submit(
+            runner.transport.run_script,
+            script,
+            timeout=NO_LIMIT,
+            on_line=self._line,
+            feed=self.feed,
+        )
+
+    def _line(self, kind: str, line: str) -> None:
+        if kind == "stderr":
+            self._stderr.append(line)
+            if self.runner.on_line is not None:
+                self.runner.on_line(self.runner.host, line)
+            return
+        data = _json_object(line)
+        if data is not None:
+            self._answers.put(data)
+
+    @property
+    def alive(self) -> bool:
+        return not self._command.done()
+
+    def next_answer(self, timeout: float | None = None) -> RunnerAnswer:
+        """The next step's answer; the command's own end when it stopped answering; a
+        timed-out answer after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                data = self._answers.get(timeout=0.05)
+            except queue.Empty:
+                if self._command.done() and self._answers.empty():
+                    result = self._command.result()
+                    stderr = result.stderr or "\n".join(self._stderr)
+                    exit_code = result.exit_code if result.exit_code not in (0, None) else None
+                    if result.connection_lost or result.timed_out:
+                        exit_code = None
+                    return RunnerAnswer(
+                        self.runner.host, exit_code, None, stderr, timed_out=result.timed_out
+                    )
+                if deadline is not None and time.monotonic() >= deadline:
+                    return RunnerAnswer(
+                        self.runner.host, None, None, "\n".join(self._stderr), timed_out=True
+                    )
+                continue
+            answer = RunnerAnswer(
+                self.runner.host, int(data.get("exit_code", 0)), data, "\n".join(self._stderr)
+            )
+            self.runner._check_protocol(answer)
+            return answer
+
+    def check(self) -> CheckReport:
+        return self.runner.check_report(self.next_answer())
+
+    def apply(self, phase: str) -> RunnerAnswer:
+        self.feed.send(f"apply {phase}\n")
+        timeout = self.runner.settings.datamig_timeout
+        return self.next_answer(timeout)
+
+    def close(self, wait: float = 30) -> None:
+        """End the session: the runner reads the end of its stdin and exits."""
+        self.feed.close()
+        with contextlib.suppress(Exception):
+            self._command.result(timeout=wait)
+        self._pool.shutdown(wait=False)
 
 
 def _unsettled(host: str, why: str) -> DeployToolsError:

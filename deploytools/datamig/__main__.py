@@ -42,7 +42,7 @@ from deploytools.exceptions import DeployToolsError, Interrupted, MigrationFaile
 from deploytools.redact import redact, url_passwords
 
 PROG = "python -m deploytools.datamig"
-COMMANDS = ("status", "check", "apply", "revert")
+COMMANDS = ("status", "check", "apply", "revert", "session")
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="import pending migrations, connect to the ledger and Redis; apply nothing",
     )
     commands.add_parser("apply", parents=[common], help="apply the pending migrations")
+    commands.add_parser(
+        "session",
+        parents=[common],
+        help="check, then apply a phase for each `apply PHASE` line read on stdin (a deploy)",
+        description="One runner for a whole deploy: answers `check` at once, then one JSON "
+        "line per `apply PHASE` line read on stdin, until stdin ends or says `quit`. Saves "
+        "the interpreter start and imports of a second runner.",
+    )
     revert = commands.add_parser(
         "revert",
         parents=[common],
@@ -362,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     json_mode = "--json" in argv
     command = next((word for word in argv if word in COMMANDS), "")  # until parsed
+    if command == "session":
+        return session(argv, secrets, redactor)
     result, error_text, code, fields = None, None, 0, {}
     pump = OutputPump(redactor)
     try:
@@ -398,6 +408,64 @@ def main(argv: list[str] | None = None) -> int:
     out.flush()
     quiet_streams_at_exit()
     return code
+
+
+def session(argv: list[str], secrets: list[str], redactor: Any) -> int:
+    """``session``: ``check`` answered at once, then one ``apply`` per ``apply PHASE`` line
+    read on stdin, each answer one JSON line on stdout, until stdin ends (the client is done,
+    or gone: nothing more is applied) or a step is interrupted. A migration reading stdin
+    reads nothing: the session's own lines never reach it."""
+    commands = os.fdopen(os.dup(0), "r")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    pump = OutputPump(redactor)
+    code = 0
+    try:
+        args = build_parser().parse_args(["check" if w == "session" else w for w in argv])
+        secrets[:] = collect_secrets(args.database_url, dict(os.environ))
+        interrupts.install()
+        pump.start()
+        configure_logging()
+        step = "check"
+        while True:
+            args.command = step
+            code, interrupted = _session_step(args, secrets, pump, redactor)
+            if (code not in (0, 1) and step == "check") or interrupted:
+                return code
+            line = commands.readline()
+            verb, _, phase = line.strip().partition(" ")
+            if verb != "apply" or phase not in PHASES:
+                return code  # end of stdin, `quit`, or nothing this runner knows
+            step, args.phase = "apply", phase
+    except SystemExit:
+        raise
+    finally:
+        pump.stop()
+        quiet_streams_at_exit()
+
+
+def _session_step(
+    args: argparse.Namespace, secrets: list[str], pump: OutputPump, redactor: Any
+) -> tuple[int, bool]:
+    """One command of a session, answered on stdout: (exit code, interrupted)."""
+    result, error_text, code, fields, interrupted = None, None, 0, {}, False
+    try:
+        result = _run(args, secrets)
+        if not getattr(result, "ok", True):
+            code = MigrationFailed.exit_code
+            error_text = result.error_message("applying")
+    except BaseException as error:
+        code = exit_code_for(error)
+        error_text = _error_message(error)
+        fields = getattr(error, "fields", {})
+        interrupted = isinstance(error, KeyboardInterrupt)
+    if error_text is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(redactor(f"datamig: error: {error_text}"), file=sys.stderr, flush=True)
+    data = redact_data(answer(result, error_text, code, fields), redactor)
+    pump.answer(json.dumps({**data, "command": args.command}) + "\n")
+    return code, interrupted
 
 
 if __name__ == "__main__":

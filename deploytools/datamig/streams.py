@@ -97,6 +97,12 @@ class OutputPump:
         except OSError:
             self.stderr_lost = True  # the session is gone: drop output, keep working
 
+    def answer(self, text: str) -> None:
+        """One line on the real stdout while fds 1 and 2 are redirected (a session's
+        answers); dropped if the client went away."""
+        with contextlib.suppress(OSError):
+            write_all(self._stdout_fd if self._thread is not None else 1, text.encode())
+
     def stop(self, timeout: float = 2.0) -> None:
         """Put fds 1 and 2 back and let the thread pass on what is left. A process a migration
         left running may keep the pipe open: then wait at most ``timeout`` seconds."""

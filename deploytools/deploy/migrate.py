@@ -13,7 +13,7 @@ unreachable) does the deploy stop with exit 4, leaving every host as it is.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +21,9 @@ from ..config import Settings
 from ..exceptions import DeployToolsError, Interrupted, MigrationFailed, NeedsPerson, UsageError
 from ..interrupts import Interruption, Interrupts
 from ..layout import HostState
-from ..lock import LockOwner
 from ..output import Reporter
 from ..revisions import last_ledger_id
 from ..runner_client import CheckReport, Runner, RunnerAnswer, migration_failed, migration_label
-from .state import HostProgress
 
 
 @dataclass
@@ -94,22 +92,21 @@ def check_ledger_identity(
 
 def apply(
     runner: Runner,
+    start: Callable[[], RunnerAnswer],
     directory: str,
-    release: str,
     phase: str,
-    owner: LockOwner,
     pending: list[dict[str, Any]],
     settings: Settings,
-    host: HostProgress,
     reporter: Reporter,
     interrupts: Interrupts,
 ) -> Outcome:
-    """Apply ``phase``'s pending migrations and settle what happened. Returns only once no
-    runner works any more; raises NeedsPerson (``unsettled``) when that cannot be known."""
+    """Apply ``phase``'s pending migrations (``start`` asks the runner to, and returns its
+    answer) and settle what happened. Returns only once no runner works any more; raises
+    NeedsPerson (``unsettled``) when that cannot be known."""
     outcome = Outcome(phase=phase, pending_before=len(pending))
     interrupted: Interruption | None = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runner") as pool:
-        future = pool.submit(runner.apply, directory, release=release, phase=phase, owner=owner)
+        future = pool.submit(start)
         while True:
             try:
                 answer = future.result()

@@ -57,7 +57,7 @@ from ..layout import (
 from ..lock import LockOwner, deployer, process_started_at, utc_now
 from ..output import Reporter
 from ..revisions import Revision, releases_to_remove, rollback_target
-from ..runner_client import CheckReport, Runner, migration_label
+from ..runner_client import CheckReport, Runner, RunnerAnswer, Session, migration_label
 from . import environment, hooks, migrate, recovery, upload
 from .build import Release, build_release, uncommitted_changes
 from .state import HostProgress, Step
@@ -191,6 +191,7 @@ class Deploy:
         self.migration_host = settings.migrate_on.name
         self.result = DeployResult(release=release.id, status="failed")
         self.check: CheckReport | None = None
+        self.session: Session | None = None  # the migration runner, between its steps
         self.migrations = migrate.Ledger()  # what the runner applied, for the messages
 
     # -- the phases, in order ----------------------------------------------------------------
@@ -304,9 +305,11 @@ class Deploy:
                 f"an environment ({self.release.lock_file.name}), whose python runs the runner"
             )
         started = time.monotonic()
-        self.check = self._runner().check(
+        # one runner for the deploy: it checks now, and applies each phase when told
+        self.session = self._runner().session(
             f"releases/{self.release.id}", owner=self.owner.at("check")
         )
+        self.check = self.session.check()
         self.result.phases["check"] = round(time.monotonic() - started, 3)
         self.result.ledger_id = self.check.ledger_id
         for warning in self.check.warnings:
@@ -363,15 +366,25 @@ class Deploy:
         self.reporter.phase("migrate", f"{phase} migrations on {self.migration_host}")
         started = time.monotonic()
         directory = f"releases/{self.release.id}"
+        runner, owner = self._runner(), self.owner.at(f"migrate:{phase}")
+        session = self.session
+        if session is not None and session.alive:
+            host.run(phase_script(host.transport.target.root, owner=owner), "migrate")
+
+            def start() -> RunnerAnswer:
+                return session.apply(phase)
+        else:  # the session ended (a lost connection, a stop): one runner for this phase
+
+            def start() -> RunnerAnswer:
+                return runner.apply(directory, release=self.release.id, phase=phase, owner=owner)
+
         outcome = migrate.apply(
-            self._runner(),
+            runner,
+            start,
             directory,
-            self.release.id,
             phase,
-            self.owner.at(f"migrate:{phase}"),
             self.check.pending_in(phase),
             self.settings,
-            host,
             self.reporter,
             self.interrupts,
         )
@@ -420,6 +433,8 @@ class Deploy:
                 "stays live; check `invoke datamig.status` and run `invoke datamig.apply`."
             )
             self.result.error = str(late)
+        finally:
+            self._close_session()
         try:
             self.finish(error=str(late) if late else None)
         except DeployToolsError as failure:
@@ -474,6 +489,7 @@ class Deploy:
         user should see. Signals are noted, not obeyed, until the hosts are back."""
         with self.interrupts.shielded():
             error = self._explain(failure)
+            self._close_session()  # between its steps, the runner waits: it commits nothing
             if getattr(failure, "unsettled", False):
                 # a runner may still commit: switching back now could serve old code on new
                 # data. Every host (and its lock) is left as it is, for a person.
@@ -549,6 +565,12 @@ class Deploy:
             ],
         )
         return error, problems
+
+    def _close_session(self) -> None:
+        """End the runner's session (it reads the end of its stdin and exits)."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
 
     def _name_stayed_applied(self, error: DeployToolsError) -> DeployToolsError:
         """The exit-1 message, ``--json`` and the revision line name the migrations that
