@@ -283,9 +283,15 @@ class Deploy:
             return
         self.reporter.phase("check", f"migrations on {self.migration_host}")
         started = time.monotonic()
-        self.check = self._runner().check(
-            f"releases/{self.release.id}", owner=self.owner.at("check")
-        )
+        runner = self._runner()
+        try:
+            self.check = runner.check(f"releases/{self.release.id}", owner=self.owner.at("check"))
+        except (Interruption, HostError):
+            # no answer (Ctrl-C, SIGTERM, a lost connection): the check may still run there;
+            # stop it before the undo unlocks, so nothing works on unobserved
+            with self.interrupts.shielded(), contextlib.suppress(DeployToolsError):
+                runner.stop()
+            raise
         self.result.phases["check"] = round(time.monotonic() - started, 3)
         self.result.ledger_id = self.check.ledger_id
         for warning in self.check.warnings:
