@@ -223,6 +223,19 @@ def test_sigkill_in_the_undo(world, point, failure, tmp_path):
         assert versions[0] in world.ledger() and versions[1] not in world.ledger()
 
 
+def test_sigkill_inside_the_check_step(world, tmp_path):
+    new_release(world)
+    world.flag("hold-check")
+    process = world.start("deploy", "--json", env=fault_env(tmp_path))
+    world.wait_for(world.flags / "inside-check", process)
+    process.kill()
+    killed = world.finish(process)
+    release = deploying(world)
+    world.clear_flags()
+    after = next_command(world, "lock.release")  # stops the check the dead deploy left
+    check(world, [killed, after], release=release)
+
+
 def test_sigkill_inside_a_before_switch_migration(world, tmp_path):
     versions = new_release(world, "before_switch", "after_switch")
     world.flag(f"hold-{versions[0]}")
@@ -470,7 +483,7 @@ def test_sessions_cut_on_one_host(world, where, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("where", ["upload", "migrate", "undo"])
+@pytest.mark.parametrize("where", ["upload", "check", "migrate", "undo"])
 def test_sigterm_and_ctrl_c(world, signum, where, tmp_path):
     """Like any failure: the undo runs (it cannot be cut short), exit 1; in migrate the
     runner is stopped first and the ledger decides what stayed applied."""
@@ -481,11 +494,15 @@ def test_sigterm_and_ctrl_c(world, signum, where, tmp_path):
         env["DEPLOYTOOLS_FAULT"] = f"undo:switch back:{signal.Signals(signum).name}"
     elif where == "migrate":
         world.flag(f"hold-{versions[1]}")
+    elif where == "check":  # the runner's check imports the migrations, and waits there
+        world.flag("hold-check")
     else:
         world.fleet.repo.commit({"blob.bin": os.urandom(4 << 20).hex()}, "a large file")
     process = world.start("deploy", "--json", env=env)
-    if where == "migrate":
-        world.wait_for(world.flags / f"inside-{versions[1]}", process)
+    if where in ("migrate", "check"):
+        world.wait_for(
+            world.flags / ("inside-check" if where == "check" else f"inside-{versions[1]}"), process
+        )
         process.send_signal(signum)
     elif where == "upload":
         releases = world.fleet.root(world.fleet.names[1]) / "releases"
