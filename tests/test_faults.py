@@ -165,8 +165,11 @@ PHASE_POINTS = [f"{when}:{phase}" for phase in PHASES for when in ("before", "af
     "before:after_restart",
     "before:finish",
 ]
-#: points where the next deploy recovers (lock.release does elsewhere): one per stretch
-DEPLOY_RECOVERS = {"after:upload", "after:check", "after:switch", "after:migrate", "before:finish"}
+#: where the next deploy recovers (at the "before:" points, lock.release does)
+DEPLOY_RECOVERS = {point for point in PHASE_POINTS if point.startswith("after:")}
+#: where the release is kept: it got through migrate with every migration applied
+#: (after_restart ones aside: they run once it serves, and are then reported)
+KEPT = {"after:migrate", "before:restart", "after:restart", "before:after_restart", "before:finish"}
 
 
 @pytest.mark.parametrize("point", PHASE_POINTS)
@@ -175,20 +178,20 @@ def test_sigkill_at_a_phase(world, point, tmp_path):
     killed = world.deploy(env=fault_env(tmp_path, point))
     assert killed.code == -9, killed.stderr
     release = deploying(world)
-    if release is not None:
-        status = world.invoke("lock.status", "--json")
-        records = [h["lock"] for h in json.loads(status.stdout)["hosts"] if h["lock"]]
-        assert records and {r["alive"] for r in records} == {"dead"}, status.stdout
+    status = world.invoke("lock.status", "--json")
+    records = [h["lock"] for h in json.loads(status.stdout)["hosts"] if h["lock"]]
+    assert {r["alive"] for r in records} == ({"dead"} if release else set()), status.stdout
     command = "deploy" if point in DEPLOY_RECOVERS else "lock.release"
     after = next_command(world, command)
-    currents = check(world, [killed, after], release=release)
-    if release is not None and command == "lock.release":
-        # kept once it got through migrate with every migration applied (after_restart ones
-        # aside: they run once it serves, and are then reported for datamig.apply)
-        kept = point in ("after:migrate", "before:restart", "after:restart", "before:after_restart")
-        assert (set(currents.values()) == {release}) == kept, (point, currents)
-        if point == "before:after_restart":
-            assert "were not applied" in after.stderr and "datamig.apply" in after.stderr
+    currents = check(world, [killed, after, status], release=release)
+    if release is None:
+        return
+    if command == "deploy":
+        assert after.report["recovered"]["kept"] == (point in KEPT), after.report["recovered"]
+    else:
+        assert (set(currents.values()) == {release}) == (point in KEPT), (point, currents)
+    if point == "before:after_restart":
+        assert "were not applied" in after.stderr and "datamig.apply" in after.stderr
 
 
 UNDO_POINTS = [
@@ -549,6 +552,36 @@ def test_a_stopped_host(world, where, tmp_path):
     if where == "migrate":
         assert world.ledger().get(versions[0]) == run.report["release"]
         assert versions[1] not in world.ledger()
+
+
+def test_an_unreachable_migration_host_during_migrate_needs_a_person(world, tmp_path):
+    """The migration host's sessions die and it takes no new connection: whether the runner
+    still commits cannot be known, so nothing is switched back: exit 4 names the host and
+    keeps the locks. Once it answers again, lock.release settles it from the ledger."""
+    versions = new_release(world, "after_switch", "after_switch")
+    world.flag(f"hold-{versions[1]}")
+    process = world.start("deploy", "--json", env=fault_env(tmp_path), connect_timeout=2)
+    world.wait_for(world.flags / f"inside-{versions[1]}", process)
+    host = world.cluster.hosts[0]
+    os.kill(host.process.pid, signal.SIGSTOP)  # the listener: new connections get no banner
+    try:
+        assert host.kill_sessions()
+        run = world.finish(process)
+    finally:
+        os.kill(host.process.pid, signal.SIGCONT)
+    assert run.code == 4, run.stderr
+    assert world.fleet.names[0] in run.stderr and "datamig.status" in run.stderr
+    assert all(world.fleet.locked(name) for name in world.fleet.names)
+    release = run.report["release"]
+    world.flag(f"go-{versions[1]}")  # the runner there goes on, and commits
+    deadline = time.monotonic() + 60
+    while world.leftover_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    check(world, [run], release=release, exit4=True)
+    after = next_command(world, "lock.release")
+    currents = check(world, [run, after], release=release)
+    assert set(currents.values()) == {release}  # every migration committed: the code stays
+    assert set(versions) <= set(world.ledger())
 
 
 # -- many at once --------------------------------------------------------------------------------
