@@ -383,14 +383,18 @@ def check(
         assert not (lock / "runner.pid").exists() or exit4, host
     assert world.leftover_processes() == []
 
-    # 6. secrets
+    # 6. secrets: outputs (--json included), the ledger's errors, every file the deploy wrote
+    errors = "\n".join(world.attempt_errors())
     for secret in (PASSWORD, TOKEN):
-        assert secret not in output
-        for error in world.attempt_errors():
-            assert secret not in error
-        for host in fleet.names:
-            for path in fleet.root(host).rglob("*"):
-                if path.is_file() and not path.is_symlink() and path.name != ".env":
-                    with contextlib.suppress(OSError):
-                        assert secret.encode() not in path.read_bytes(), path
+        assert secret not in output and secret not in errors
+    for host in fleet.names:
+        root = fleet.root(host)
+        for path in root.rglob("*"):
+            if path.name == ".env" or path.is_symlink() or not path.is_file():
+                continue
+            if path.is_relative_to(root / "shared" / "venvs"):
+                continue  # installed packages
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                assert PASSWORD.encode() not in data and TOKEN.encode() not in data, path
     return currents
