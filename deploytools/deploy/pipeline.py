@@ -306,10 +306,16 @@ class Deploy:
             )
         started = time.monotonic()
         # one runner for the deploy: it checks now, and applies each phase when told
-        self.session = self._runner().session(
-            f"releases/{self.release.id}", owner=self.owner.at("check")
-        )
-        self.check = self.session.check()
+        runner = self._runner()
+        self.session = runner.session(f"releases/{self.release.id}", owner=self.owner.at("check"))
+        try:
+            self.check = self.session.check()
+        except (Interruption, HostError):
+            # no answer (Ctrl-C, SIGTERM, a lost connection): the check may still run there;
+            # stop it before the undo unlocks, so nothing works on unobserved
+            with self.interrupts.shielded(), contextlib.suppress(DeployToolsError):
+                runner.stop()
+            raise
         self.result.phases["check"] = round(time.monotonic() - started, 3)
         self.result.ledger_id = self.check.ledger_id
         for warning in self.check.warnings:

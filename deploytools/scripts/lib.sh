@@ -466,19 +466,32 @@ track() {
 }
 untrack() {
   # untrack NAME GRACE: SIGTERM the tracked process group, SIGKILL after GRACE seconds; stop
-  # waiting GRACE seconds later (killed processes a hung session never reaps stay zombies)
+  # waiting GRACE seconds later
   file="$abs/.deploytools-$1.pgid"
   [ -f "$file" ] || { emit stopped none; return 0; }
   pgid=$(cat -- "$file"); rm -f -- "$file"
   [ -n "$pgid" ] && kill -TERM -"$pgid" 2>/dev/null || { emit stopped none; return 0; }
   kill -CONT -"$pgid" 2>/dev/null  # stopped processes act on SIGTERM only once continued
   waited=0
-  while kill -0 -"$pgid" 2>/dev/null && [ "$waited" -lt "$(( $2 * 20 ))" ]; do
+  while group_running "$pgid" && [ "$waited" -lt "$(( $2 * 20 ))" ]; do
     [ "$waited" -ge "$(( $2 * 10 ))" ] && kill -KILL -"$pgid" 2>/dev/null
     sleep 0.1 2>/dev/null || sleep 1
     waited=$(( waited + 1 ))
   done
   emit stopped "$pgid"
+}
+group_running() {
+  # group_running PGID: a process of the group has not ended (zombies have: a hung session
+  # never reaps the ones it started); without /proc, any process of the group counts
+  kill -0 -"$1" 2>/dev/null || return 1
+  [ -r /proc/self/stat ] || return 0
+  for stat_file in /proc/[0-9]*/stat; do
+    { read -r line < "$stat_file"; } 2>/dev/null || continue
+    line=${line##*) }
+    state=${line%% *}; line=${line#* }; line=${line#* }
+    [ "${line%% *}" = "$1" ] && [ "$state" != Z ] && return 0
+  done
+  return 1
 }
 stop_tracked() {
   # stop_tracked GRACE: whatever tracked scripts of a dead deploy still run (its hooks, a
