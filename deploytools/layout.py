@@ -134,6 +134,11 @@ class Script:
         return library_for(self._calls) + "\n".join(self._lines) + "\n"
 
 
+def _holding(root: str, owner: LockOwner) -> Script:
+    """A script that first proves the deploy lock is still ``owner``'s and records its phase."""
+    return Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+
+
 def parse_output(stdout: str) -> dict[str, list[str]]:
     """``key<TAB>value`` lines → {key: [values…]}; other lines are ignored."""
     fields: dict[str, list[str]] = {}
@@ -288,7 +293,7 @@ def unpack_script(
     paths, and (``publish``) rename it into ``releases/<id>``. A file that does not verify
     fails the script with ``Code.MISMATCH`` naming it; the partial release is then kept for
     a second upload of those files (``repair_script``)."""
-    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script = _holding(root, owner)
     script.call("begin_release", release)
     script.call("unpack", sha256, compression, plan_sha256, previous or "")
     return _complete(script, shared_files, shared_dirs, publish)
@@ -306,7 +311,7 @@ def repair_script(
     publish: bool,
 ) -> str:
     """Unpack a second archive holding the files that did not verify, and verify again."""
-    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script = _holding(root, owner)
     script.call("begin_release", release).call("repair", sha256, compression)
     return _complete(script, shared_files, shared_dirs, publish)
 
@@ -367,7 +372,7 @@ def phase_script(root: str, *, owner: LockOwner) -> str:
 
 
 def switch_script(root: str, release: str, owner: LockOwner) -> str:
-    script = Script(root).call("need_root").call("hold_lock", owner.token, owner.to_json())
+    script = _holding(root, owner)
     return script.call("switch_to", release).text()
 
 
