@@ -103,11 +103,6 @@ def lock_status(settings: Settings) -> dict[str, dict[str, Any] | None]:
     return {name: lock_record(state) for name, state in states.items()}
 
 
-#: Lock owners that are deploys (recovered by lock.release); others are just removed. Their
-#: phase names are their own: a deploy's phases (``restart`` included) never take these.
-_NOT_DEPLOYS = {"rollback", "recover", "datamig.apply", "invoke restart"}
-
-
 def lock_release(settings: Settings, reporter: Reporter) -> dict[str, dict[str, Any] | None]:
     """Recover from the deploy holding the locks (as the next deploy would), then remove the
     deploy lock on every host; returns what was held per host."""
@@ -122,8 +117,7 @@ def lock_release(settings: Settings, reporter: Reporter) -> dict[str, dict[str, 
             first = states.get(settings.migrate_on.name)
             if first is not None and first.lock is not None and first.lock.token == owner.token:
                 owner = first.lock
-            if owner.phase not in _NOT_DEPLOYS:
-                recovery.recover(settings, group, owner, reporter)
+            recovery.recover(settings, group, owner, reporter)
         group.run(
             "lock.release",
             lambda t: checked(t.run_script(stop_runner_script(t.target.root, 10)), "lock.release"),

@@ -38,6 +38,8 @@ from ..runner_client import Runner, migration_label
 from . import hooks
 from .state import HostProgress
 
+#: Lock owners that are not deploys: recovering them only stops what they ran and unlocks.
+NOT_DEPLOYS = frozenset({"rollback", "recover", "datamig.apply", "invoke restart"})
 #: Phases in which the interrupted release already served, healthy: it stays.
 LIVE = {"migrate:after_restart", "finish"}
 #: Phases in which it stays if every migration it brought is applied.
@@ -78,6 +80,18 @@ def recover(
             ).stdout
         ),
     )
+    if dead.phase in NOT_DEPLOYS:
+        # a rollback, `invoke restart` or `datamig.apply` that died: what it ran on the hosts
+        # was stopped with the take-over; there is no release of its own to settle
+        group.run(
+            "recover",
+            lambda t: checked(
+                t.run_script(log_and_unlock_script(t.target.root, revision=None, owner=owner)),
+                "recover",
+            ),
+        )
+        reporter.note(f"  removed the lock of the dead {dead.phase}; check `invoke releases`")
+        return {"owner": dead.record(), "release": None, "phase": dead.phase, "kept": None}
     release = dead.release
     switched = [name for name, state in states.items() if state.current == release]
     migrations = _migrations(settings, group, states, release)
