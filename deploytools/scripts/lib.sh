@@ -261,7 +261,12 @@ build_env() {
     started=$(now_ms)
     rm -rf -- "$env_dir" && mkdir -p -- "$root/shared/venvs" ||
       fail 1 "cannot prepare $env_dir"
-    undo 'rm -rf -- "$env_dir"'
+    # the installers' scratch space beside the environment, not in the host's /tmp: an
+    # interrupted install leaves nothing there (clean_envs removes it with the environment)
+    work="$root/shared/venvs/.tmp-$hash"
+    rm -rf -- "$work" && mkdir -- "$work" || fail 1 "cannot create $work"
+    undo 'rm -rf -- "$env_dir" "$work"'
+    TMPDIR=$(cd -- "$work" && pwd -P); export TMPDIR
     abs_env=$(cd -- "$root/shared/venvs" && pwd -P)/$hash
     printf 'building the environment %s from %s with %s\n' "$hash" "$lock_file" "$installer" >&2
     if [ "$kind" = uv.lock ]; then
@@ -280,6 +285,7 @@ build_env() {
         --no-input -r "$lock_file" "$@") 1>&2 || fail 76 "pip install -r $lock_file failed"
     fi
     : > "$env_dir/.complete" || fail 1 "cannot mark $env_dir complete"
+    rm -rf -- "$work"
     emit env "built $hash $(( $(now_ms) - started ))"
   fi
   rm -rf -- "$partial/.venv" && ln -s -- "../../shared/venvs/$hash" "$partial/.venv" ||
@@ -372,6 +378,7 @@ clean_envs() {
   [ -d "$root/shared/venvs" ] || return 0
   used=$(for link in "$root"/releases/*/.venv; do
     [ -L "$link" ] && basename -- "$(readlink -- "$link")"; done)
+  rm -rf -- "$root"/shared/venvs/.tmp-*
   for dir in "$root"/shared/venvs/*; do
     [ -d "$dir" ] || continue
     name=${dir##*/}
