@@ -76,3 +76,12 @@ def test_a_dirty_work_tree_is_warned_about(local):
     completed = local.invoke("deploy")
     assert completed.returncode == 0, completed.stderr
     assert "uncommitted changes are NOT in the release: app.py" in completed.stderr
+
+
+def test_setup_says_once_why_it_cannot_create_the_root(local, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    completed = local.invoke("setup", root=str(blocker / "app"))
+    assert completed.returncode == 1
+    assert completed.stderr.count("Not a directory") == 1, completed.stderr
+    assert "cannot create the layout under" in completed.stderr

@@ -40,9 +40,12 @@ need_root() {
   abs=$(cd -- "$root" && pwd -P) || fail 64 "cannot enter the deploy root $root"
 }
 setup_layout() {
-  mkdir -p -- "$root/releases" "$root/shared" || fail 1 "cannot create the layout under $root"
+  why=$(mkdir -p -- "$root/releases" 2>&1 && mkdir -p -- "$root/shared" 2>&1) ||
+    fail 1 "cannot create the layout under $root: ${why#mkdir: }"
 }
-make_shared_dir() { mkdir -p -- "$root/shared/$1" || fail 1 "cannot create $root/shared/$1"; }
+make_shared_dir() {
+  why=$(mkdir -p -- "$root/shared/$1" 2>&1) || fail 1 "cannot create $root/shared/$1: ${why#mkdir: }"
+}
 
 # -- the deploy lock: deploy.lock/ (mkdir is atomic), token = ownership, owner.json = who -----
 take_lock() {
