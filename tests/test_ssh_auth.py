@@ -62,3 +62,52 @@ def test_without_a_usable_key_authentication_fails_clearly(ssh_fleet):
         deploy(ssh_fleet.settings(identity_file=None))
     assert "deploy.identity_file" in str(raised.value)
     assert ssh_fleet.snapshot() == before
+
+
+def _through_a_jump_host(ssh_fleet, ssh_cluster, no_user_ssh, known_hosts):
+    target, jump = ssh_cluster.hosts[0], ssh_cluster.hosts[1]
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ssh_dir = no_user_ssh / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "config").write_text(
+        "Host behind-the-jump\n"
+        f"    HostName {target.address}\n"
+        f"    Port {target.port}\n"
+        f"    User {user}\n"
+        f"    ProxyJump {user}@{jump.address}:{jump.port}\n"
+        "Host *\n"
+        f"    IdentityFile {ssh_cluster.client_key}\n"
+    )
+    config = ssh_fleet.config()
+    config["deploy"]["known_hosts"] = str(known_hosts)
+    root = ssh_fleet.roots[target.spec]
+    config["deploy"]["hosts"] = [{"host": "behind-the-jump", "root": str(root)}]
+    from deploytools.config import load_settings
+
+    return load_settings(config), root
+
+
+def test_a_jump_host_is_used_and_its_key_checked_too(ssh_fleet, ssh_cluster, no_user_ssh, tmp_path):
+    settings, root = _through_a_jump_host(
+        ssh_fleet, ssh_cluster, no_user_ssh, ssh_cluster.known_hosts
+    )
+    result = deploy(settings)
+    assert os.readlink(root / "current") == f"releases/{result.release}"
+
+    # the jump host's key unknown: refused, whatever the final host's key is
+    jump = ssh_cluster.hosts[1]
+    only_target = tmp_path / "known_hosts"
+    only_target.write_text(
+        "".join(
+            line + "\n"
+            for line in ssh_cluster.known_hosts.read_text().splitlines()
+            if not line.startswith(jump.known_hosts_name)
+        )
+    )
+    settings, root = _through_a_jump_host(ssh_fleet, ssh_cluster, no_user_ssh, only_target)
+    ssh_fleet.repo.bump()
+    before = os.readlink(root / "current")
+    with pytest.raises(TransportError, match="not in|known_hosts"):
+        deploy(settings)
+    assert os.readlink(root / "current") == before
+    assert only_target.read_text().count(jump.address) == 0  # nothing was recorded

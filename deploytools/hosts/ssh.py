@@ -395,17 +395,26 @@ def make_connection(target: Target, settings: Settings) -> DeployConnection:
         known_hosts=settings.known_hosts,
         keepalive=keepalive_interval(settings),
     )
-    client = connection.client
+    # the same host-key policy for the host and for every jump host on the way to it (Fabric
+    # makes ProxyJump hops as plain Connections, which accept any key)
+    hop: Any = connection
+    while isinstance(hop, Connection):
+        check_host_keys(hop.client, settings)
+        hop = hop.gateway
+    return connection
+
+
+def check_host_keys(client: paramiko.SSHClient, settings: Settings) -> None:
+    """Known hosts loaded (read-only: a new key is appended by our policy, never a rewrite
+    of the file); an unknown key refused, or recorded with ``accept_new_host_keys``."""
     for known in (SYSTEM_KNOWN_HOSTS, settings.known_hosts):
         if known.is_file():
-            # loaded read-only: a new key is appended by our policy, never a rewrite of the file
             client.load_system_host_keys(str(known))
     client.set_missing_host_key_policy(
         AcceptNewHostKey(settings.known_hosts)
         if settings.accept_new_host_keys
         else paramiko.RejectPolicy()
     )
-    return connection
 
 
 # -- running commands ----------------------------------------------------------------------------
