@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import threading
 
+import paramiko
 import pytest
 
 from deploytools.deploy import deploy
@@ -88,6 +90,7 @@ def _through_a_jump_host(ssh_fleet, ssh_cluster, no_user_ssh, known_hosts):
 
 
 def test_a_jump_host_is_used_and_its_key_checked_too(ssh_fleet, ssh_cluster, no_user_ssh, tmp_path):
+    threads_before = set(threading.enumerate())
     settings, root = _through_a_jump_host(
         ssh_fleet, ssh_cluster, no_user_ssh, ssh_cluster.known_hosts
     )
@@ -111,3 +114,6 @@ def test_a_jump_host_is_used_and_its_key_checked_too(ssh_fleet, ssh_cluster, no_
         deploy(settings)
     assert os.readlink(root / "current") == before
     assert only_target.read_text().count(jump.address) == 0  # nothing was recorded
+    # both connections through the jump host closed, the refused one too
+    left = [t for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    assert not [t for t in left if isinstance(t, paramiko.Transport)]

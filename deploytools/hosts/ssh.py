@@ -281,6 +281,19 @@ class DeployConnection(Connection):
     def close(self) -> None:
         _watchdog.unwatch(self)
         super().close()
+        self._close_jump_hosts()
+
+    def _close_jump_hosts(self) -> None:
+        """Fabric leaves a ProxyJump hop's connection open when the one through it closes:
+        close every hop, so no paramiko thread outlives the deploy."""
+        hop: Any = self.gateway
+        while isinstance(hop, Connection):
+            transport = hop.client.get_transport()
+            hop.client.close()
+            if transport is not None and transport.is_alive():
+                transport.close()
+                transport.join(5)
+            hop = hop.gateway
 
     def _dial(self) -> MeteredSocket:
         # our own socket, so TCP_NODELAY is set: paramiko leaves Nagle on, which costs about
@@ -302,6 +315,7 @@ class DeployConnection(Connection):
             transport.close()
             transport.join(5)
         self.transport = None
+        self._close_jump_hosts()
 
     def _explain(self, error: Exception, elapsed: float) -> TransportError | None:
         """The user-facing error for a failed connect (None: not a connection problem)."""
