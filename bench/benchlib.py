@@ -381,8 +381,9 @@ class DeployToolsCLI:
         path.write_text(json.dumps(config, indent=2))
         return path
 
-    def run(self, config: Path, *args: str) -> Timed:
-        command = [sys.executable, "-m", "invoke", "-f", str(config), *args]
+    def run(self, config: Path, *args: str, entry: tuple[str, ...] = ("-m", "invoke")) -> Timed:
+        """``entry``: how Python starts invoke (another script for a what-if)."""
+        command = [sys.executable, *entry, "-f", str(config), *args]
         env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         env |= {"HOME": str(self.home), "COLUMNS": "200", **GIT_ENV}
         started = time.perf_counter()

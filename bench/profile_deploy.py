@@ -22,7 +22,9 @@ checkout. Measures, in the same run:
    by ``sh`` locally;
 7. what-ifs: changes patched into the client in this process (TCP_QUICKACK taken out again,
    to see what it buys; the shell functions kept on the host instead of sent with each
-   command), a warm deploy and a rollback each, interleaved with the code as it is.
+   command), a warm deploy and a rollback each, interleaved with the code as it is;
+8. what-ifs on the command line (``whatif_cli.py``: start-up included): the SSH transport
+   opened in the connecting thread, so the build does not wait for paramiko's import.
 
     python bench/profile_deploy.py [--rounds 15]
 """
@@ -131,21 +133,29 @@ class Timeline:
         order) when known."""
         print(f"  {title}: {wall * 1000:.0f} ms in deploy(); remote work as the client saw it")
         print("    start     round trip  on the host  what")
-        busy = 0.0
         left = list(inside)
         for started, ended, what in sorted(self.events):
-            busy += ended - started
             host = f"{left.pop(0) * 1000:6.1f} ms" if what.startswith("exec") and left else " " * 9
             print(
                 f"    +{(started - self.origin) * 1000:6.1f} ms  {(ended - started) * 1000:6.1f} ms"
                 f"  {host}   {what}"
             )
-        local = (wall - busy) * 1000
+        remote = covered([(started, ended) for started, ended, _ in self.events])
         print(
-            f"    remote total {busy * 1000:.0f} ms, of which in the host's shell "
-            f"{sum(inside) * 1000:.0f} ms; the rest (local work, waits) {local:.0f} ms"
+            f"    waiting on the host {remote * 1000:.0f} ms (overlaps counted once); the "
+            f"rest (local work) {(wall - remote) * 1000:.0f} ms"
         )
         self.events.clear()
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """The time covered by at least one of ``spans``."""
+    total, reach = 0.0, float("-inf")
+    for started, ended in sorted(spans):
+        if ended > reach:
+            total += ended - max(started, reach)
+            reach = ended
+    return total
 
 
 class HostClock:
@@ -417,6 +427,30 @@ def what_ifs(kind: Condition, hosts: bl.BenchHosts, rounds: int) -> None:
         print(line)
 
 
+def cli_what_ifs(kind: Condition, rounds: int) -> None:
+    """``invoke deploy --json`` through ``whatif_cli.py``, interleaved over its variants."""
+    script = str(bl.BENCH / "whatif_cli.py")
+    variants = {
+        "as is": "as-is",
+        "SSH transport opened in the connecting thread": "ssh-in-thread",
+    }
+    figures: dict[str, list[bl.Timed]] = {name: [] for name in variants}
+    for number in range(rounds + 1):
+        for name in bl.rotate(list(variants), number):
+            kind.step()
+            timed = kind.cli.run(kind.config, "deploy", "--json", entry=(script, variants[name]))
+            if number:  # the first round warms up
+                figures[name].append(timed)
+    base = [t.seconds for t in figures["as is"]]
+    for name, runs in figures.items():
+        seconds = [t.seconds for t in runs]
+        build = [t.data["phases"]["build"] for t in runs]
+        line = f"  {name:46} {bl.spread(seconds)}, build phase {bl.spread(build)}"
+        if name != "as is":
+            line += f"; ÷ as is {bl.ratio_text(seconds, base)}"
+        print(line)
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -636,6 +670,13 @@ def main() -> int:
             f"then rollback, no migrations, {options.rounds} interleaved rounds"
         )
         what_ifs(kinds[0], hosts, options.rounds)
+
+        # 8. what-ifs on the command line
+        print(
+            f"\n8. what if, on the command line (start-up included), no migrations, "
+            f"{options.rounds} interleaved rounds"
+        )
+        cli_what_ifs(kinds[0], options.rounds)
     finally:
         hosts.stop()
         bl.cleanup(directory)
