@@ -31,7 +31,6 @@ from pathlib import Path
 import benchlib as bl
 
 from deploytools.deploy.build import build_release
-from deploytools.layout import library
 
 
 def file_of(number: int) -> str:
@@ -117,14 +116,22 @@ def main() -> int:
         bl.change_text_file(repo, file_of(999), 999)
         current = hosts.local(0, "upload") / "current" / ".release.json"
         archive, plan = payload_sizes(repo.path, json.loads(current.read_text()))
-        seconds, sent, report = uploads.deploy()
+        counter = bl.CommandCounter(directory, hosts.user)
+        if counter.available:
+            with counter.counting():
+                seconds, sent, report = uploads.deploy()
+            lines = counter.sizes.get(hosts.hosts[0].address, [])
+        else:
+            seconds, sent, report = uploads.deploy()
+            lines = []
         commands = report["hosts"][0]["commands"]
-        scripts = commands * len(library().encode())
+        scripts = sum(lines)
+        shown = " + ".join(f"{n:,}" for n in lines) if lines else "not measured (needs root)"
         print(
             f"    what one of them sends host1 ({sent[0]:,} B): the archive of the changed "
-            f"file {archive:,} B, the plan (manifest, checksums) {plan:,} B, the shell library "
-            f"with each of the {commands} commands {scripts:,} B, the rest "
-            f"{sent[0] - archive - plan - scripts:,} B (SSH handshake, SFTP, command lines)"
+            f"file {archive:,} B, the plan (manifest, checksums) {plan:,} B, the {commands} "
+            f"command lines (each with the shell functions it uses) {scripts:,} B ({shown}), "
+            f"the rest {sent[0] - archive - plan - scripts:,} B (SSH handshake, SFTP, framing)"
         )
 
         # host3 stays one release behind host2, which stays one behind host1

@@ -8,9 +8,10 @@
 - ``make_app``: a git repository of ~300 text files (5 MB), plus incompressible assets for the
   large app; one changed text file per round (``AppRepo.bump``).
 - ``DeployToolsCLI``: ``invoke deploy --json`` as a user runs it, timed, with its JSON answer.
-- ``CommandCounter``: counts the exec requests each host serves by making the login shell a
-  wrapper that logs ``$SSH_CONNECTION`` (sshd runs every exec request as ``shell -c CMD``;
-  the SFTP subsystem is internal to sshd and runs no shell).
+- ``CommandCounter``: counts the exec requests each host serves, and the bytes of each command
+  line, by making the login shell a wrapper that logs ``$SSH_CONNECTION`` and ``${#2}`` (sshd
+  runs every exec request as ``shell -c CMD``; the SFTP subsystem is internal to sshd and runs
+  no shell).
 - ``paired``/``spread``: the median of per-round paired ratios with its interquartile range,
   which is what survives a noisy shared machine.
 """
@@ -227,14 +228,17 @@ def start_hosts(directory: Path, count: int) -> BenchHosts:
 
 class CommandCounter:
     """Counts the exec requests each host serves, by address: while ``counting()``, the login
-    user's shell is a wrapper that appends ``$SSH_CONNECTION`` to a log, then runs bash."""
+    user's shell is a wrapper that appends ``$SSH_CONNECTION`` and the length of the command
+    line (``${#2}``: dash counts bytes) to a log, then runs bash."""
 
     def __init__(self, directory: Path, user: str) -> None:
         self.user = user
         self.log = directory / "commands.log"
         self.wrapper = directory / "counting-shell"
+        self.sizes: dict[str, list[int]] = {}  # command-line bytes per host, last counting()
         self.wrapper.write_text(
-            f'#!/bin/sh\nprintf "%s\\n" "${{SSH_CONNECTION:-local}}" >> {self.log}\n'
+            f'#!/bin/sh\nprintf "%s %s\\n" "${{SSH_CONNECTION:-- - local -}}" "${{#2}}" '
+            f">> {self.log}\n"
             f'exec {LOGIN_SHELL} "$@"\n'
         )
         self.wrapper.chmod(0o755)
@@ -250,6 +254,7 @@ class CommandCounter:
     def counting(self) -> Iterator[dict[str, int]]:
         """Yields a dict filled, on exit, with exec requests per host address."""
         counts: dict[str, int] = {}
+        self.sizes = {}
         self.log.write_text("")
         set_login_shell(self.user, str(self.wrapper))
         try:
@@ -258,8 +263,10 @@ class CommandCounter:
             set_login_shell(self.user, LOGIN_SHELL)
             for line in self.log.read_text().splitlines():
                 parts = line.split()
-                address = parts[2] if len(parts) == 4 else "?"
+                address = parts[2] if len(parts) == 5 else "?"
                 counts[address] = counts.get(address, 0) + 1
+                if len(parts) == 5 and parts[4].isdigit():
+                    self.sizes.setdefault(address, []).append(int(parts[4]))
 
 
 # -- the application ------------------------------------------------------------------------
@@ -374,8 +381,9 @@ class DeployToolsCLI:
         path.write_text(json.dumps(config, indent=2))
         return path
 
-    def run(self, config: Path, *args: str) -> Timed:
-        command = [sys.executable, "-m", "invoke", "-f", str(config), *args]
+    def run(self, config: Path, *args: str, entry: tuple[str, ...] = ("-m", "invoke")) -> Timed:
+        """``entry``: how Python starts invoke (another script for a what-if)."""
+        command = [sys.executable, *entry, "-f", str(config), *args]
         env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         env |= {"HOME": str(self.home), "COLUMNS": "200", **GIT_ENV}
         started = time.perf_counter()

@@ -17,11 +17,14 @@ checkout. Measures, in the same run:
    host's sshd, one deploy each, not timed), and the runner's start-up: ``python -c pass``,
    ``import deploytools.datamig.runner`` and ``datamig check --json`` run in the release as
    the login user, with ``-X importtime``'s slowest imports;
-6. the floor: an SSH connection, one exec of ``true``, one exec of the shell library that
-   every deploytools command carries, the same library parsed by ``sh`` locally;
-7. what-ifs: candidate changes patched into the client in this process (TCP_QUICKACK on the
-   socket; the shell library kept on the host instead of sent with each command), a warm
-   deploy and a rollback each, interleaved with the code as it is.
+6. the floor: an SSH connection, one exec of ``true``, one exec of a script carrying the
+   shell functions of the upload phase's command, and of the whole library; the same parsed
+   by ``sh`` locally;
+7. what-ifs: changes patched into the client in this process (TCP_QUICKACK taken out again,
+   to see what it buys; the shell functions kept on the host instead of sent with each
+   command), a warm deploy and a rollback each, interleaved with the code as it is;
+8. what-ifs on the command line (``whatif_cli.py``: start-up included): the SSH transport
+   opened in the connecting thread, so the build does not wait for paramiko's import.
 
     python bench/profile_deploy.py [--rounds 15]
 """
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import benchlib as bl
 
-from deploytools.layout import library
+from deploytools.layout import library_for
 
 NAME = "profile"
 RUNNER = "deploytools.datamig.runner"
@@ -93,11 +96,14 @@ class Timeline:
     def install(self) -> None:
         from deploytools.hosts import ssh
 
-        timeline, prefix = self, library()
+        timeline = self
 
         def label(script: str) -> str:
-            calls = [line.split()[0] for line in script[len(prefix) :].splitlines()[1:] if line]
-            return "+".join(calls)
+            """The functions the script calls (the lines after ``root=…``), and its size."""
+            lines = script.splitlines()
+            start = max(i for i, line in enumerate(lines) if line.startswith("root="))
+            calls = [line.split()[0] for line in lines[start + 1 :] if line]
+            return f"{'+'.join(calls)} ({len(script.encode()):,} B)"
 
         def wrap(cls, name, describe):
             original = getattr(cls, name)
@@ -112,7 +118,13 @@ class Timeline:
 
             setattr(cls, name, wrapper)
 
+        from deploytools import runner_client
+
         wrap(ssh.DeployConnection, "open", lambda *a: "connect (TCP, SSH handshake, auth)")
+        # the migration runner's session: its exec request is the run_datamig command
+        wrap(runner_client.Session, "check", lambda *a: "runner session: wait for check")
+        wrap(runner_client.Session, "apply", lambda phase: f"runner session: apply {phase}")
+        wrap(runner_client.Session, "close", lambda *a: "runner session: close, runner exits")
         wrap(ssh.SSHTransport, "run_script", lambda script, *a: "exec " + label(script))
         wrap(ssh.SSHTransport, "put", lambda local, remote, *a: f"sftp put {Path(remote).name}")
 
@@ -121,21 +133,29 @@ class Timeline:
         order) when known."""
         print(f"  {title}: {wall * 1000:.0f} ms in deploy(); remote work as the client saw it")
         print("    start     round trip  on the host  what")
-        busy = 0.0
         left = list(inside)
         for started, ended, what in sorted(self.events):
-            busy += ended - started
             host = f"{left.pop(0) * 1000:6.1f} ms" if what.startswith("exec") and left else " " * 9
             print(
                 f"    +{(started - self.origin) * 1000:6.1f} ms  {(ended - started) * 1000:6.1f} ms"
                 f"  {host}   {what}"
             )
-        local = (wall - busy) * 1000
+        remote = covered([(started, ended) for started, ended, _ in self.events])
         print(
-            f"    remote total {busy * 1000:.0f} ms, of which in the host's shell "
-            f"{sum(inside) * 1000:.0f} ms; the rest (local work, waits) {local:.0f} ms"
+            f"    waiting on the host {remote * 1000:.0f} ms (overlaps counted once); the "
+            f"rest (local work) {(wall - remote) * 1000:.0f} ms"
         )
         self.events.clear()
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """The time covered by at least one of ``spans``."""
+    total, reach = 0.0, float("-inf")
+    for started, ended in sorted(spans):
+        if ended > reach:
+            total += ended - max(started, reach)
+            reach = ended
+    return total
 
 
 class HostClock:
@@ -169,8 +189,9 @@ class HostClock:
             action()
         finally:
             bl.set_login_shell(self.user, bl.LOGIN_SHELL)
-        spans = [line.split() for line in self.log.read_text().splitlines()]
-        return [(int(end) - int(start)) / 1e9 for start, end in spans]
+        # in the order the commands started, as the client's events are shown
+        spans = sorted(tuple(map(int, line.split())) for line in self.log.read_text().splitlines())
+        return [(end - start) / 1e9 for start, end in spans]
 
 
 def profile_all_threads(action) -> tuple[pstats.Stats, float]:
@@ -246,21 +267,43 @@ def as_login_user(user: str, argv: list[str]) -> list[str]:
 
 # -- the floor: SSH itself ------------------------------------------------------------------------
 
+# the functions layout.unpack_script calls: the upload phase's command
+UPLOAD_FUNCTIONS = (
+    "need_root",
+    "hold_lock",
+    "begin_release",
+    "unpack",
+    "verify_release",
+    "finish_unpack",
+    "publish",
+)
+
+
+def floor_libraries() -> dict[str, str]:
+    """The shell functions the upload phase's command carries, and the whole library."""
+    return {"upload": library_for(UPLOAD_FUNCTIONS), "library": library_for(())}
+
 
 def ssh_floor(hosts: bl.BenchHosts, count: int) -> dict[str, list[float]]:
     """Connect, and exec round trips: the first on a connection (right after the connect,
-    and after a pause), later ones, and one carrying the shell library."""
+    with and without TCP_QUICKACK, and after a pause), later ones, and ones carrying shell
+    functions (``UPLOAD_FUNCTIONS`` and the whole library), defined and not called."""
     import paramiko
+
+    from deploytools.hosts.ssh import MeteredSocket  # sets TCP_QUICKACK after every read
 
     host = hosts.hosts[0]
     figures: dict[str, list[float]] = {
-        name: [] for name in ("connect", "first", "paused", "true", "library")
+        name: []
+        for name in ("connect", "first", "first-quickack", "paused", "true", "upload", "library")
     }
-    script = library() + "root=/srv\ntrue\n"
+    scripts = {name: text + "root=/srv\ntrue\n" for name, text in floor_libraries().items()}
 
-    def connect() -> paramiko.SSHClient:
+    def connect(quickack: bool = False) -> paramiko.SSHClient:
         sock = socket.create_connection((host.address, host.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if quickack:
+            sock = MeteredSocket(sock)
         client = paramiko.SSHClient()
         client.load_host_keys(str(hosts.cluster.known_hosts))
         client.connect(
@@ -286,7 +329,11 @@ def ssh_floor(hosts: bl.BenchHosts, count: int) -> dict[str, list[float]]:
         figures["connect"].append(time.perf_counter() - started)
         figures["first"].append(exec_(client, "true"))
         figures["true"].append(exec_(client, "true"))
-        figures["library"].append(exec_(client, "sh -c " + shlex.quote(script)))
+        for name, script in scripts.items():
+            figures[name].append(exec_(client, "sh -c " + shlex.quote(script)))
+        client.close()
+        client = connect(quickack=True)
+        figures["first-quickack"].append(exec_(client, "true"))
         client.close()
         client = connect()
         time.sleep(0.1)
@@ -299,42 +346,39 @@ def ssh_floor(hosts: bl.BenchHosts, count: int) -> dict[str, list[float]]:
 
 
 @contextlib.contextmanager
-def quickack():
-    """TCP_QUICKACK after every read from the socket: the client ACKs at once, so the
-    server's Nagle never waits ~40 ms for a delayed ACK (the first command after a connect)."""
+def no_quickack():
+    """The client as it was before TCP_QUICKACK: the first command after a connect waits
+    ~40 ms for the client's delayed ACK behind the server's Nagle."""
     from deploytools.hosts import ssh
 
-    original = ssh.MeteredSocket.recv
+    original = ssh.MeteredSocket.__init__
 
-    def recv(self, size: int, *flags: int) -> bytes:
-        data = original(self, size, *flags)
-        with contextlib.suppress(OSError, AttributeError):
-            self._inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        return data
+    def init(self, inner) -> None:
+        original(self, inner)
+        self._quickack = False
 
-    ssh.MeteredSocket.recv = recv
+    ssh.MeteredSocket.__init__ = init
     try:
         yield
     finally:
-        ssh.MeteredSocket.recv = original
+        ssh.MeteredSocket.__init__ = original
 
 
 @contextlib.contextmanager
 def library_on_host(local: Path, remote: str, user: str):
-    """The shell library kept on the host (here written straight to its disk) and sourced,
-    instead of sent with every command."""
+    """The whole shell library kept on the host (here written straight to its disk) and
+    sourced, instead of the functions each command uses sent with it."""
     from deploytools import layout
 
-    text = layout.library()
-    local.write_text(text)
+    local.write_text(layout.library_for(()))
     if bl.is_root():
         bl.give(local, user)
-    original = layout.library
-    layout.library = lambda: f". {shlex.quote(remote)}\n"
+    original = layout.library_for
+    layout.library_for = lambda names: f". {shlex.quote(remote)}\n"
     try:
         yield
     finally:
-        layout.library = original
+        layout.library_for = original
 
 
 def what_ifs(kind: Condition, hosts: bl.BenchHosts, rounds: int) -> None:
@@ -347,7 +391,7 @@ def what_ifs(kind: Condition, hosts: bl.BenchHosts, rounds: int) -> None:
     root = f"{NAME}-plain"
     variants = {
         "as is": contextlib.nullcontext,
-        "TCP_QUICKACK": quickack,
+        "without TCP_QUICKACK": no_quickack,
         "shell library kept on the host": lambda: library_on_host(
             hosts.local(0, root) / ".bench-lib.sh",
             hosts.root(0, root) + "/.bench-lib.sh",
@@ -380,6 +424,30 @@ def what_ifs(kind: Condition, hosts: bl.BenchHosts, rounds: int) -> None:
                 f"; ÷ as is: deploy {bl.ratio_text(values['deploy'], base['deploy'])}, "
                 f"rollback {bl.ratio_text(values['rollback'], base['rollback'])}"
             )
+        print(line)
+
+
+def cli_what_ifs(kind: Condition, rounds: int) -> None:
+    """``invoke deploy --json`` through ``whatif_cli.py``, interleaved over its variants."""
+    script = str(bl.BENCH / "whatif_cli.py")
+    variants = {
+        "as is": "as-is",
+        "SSH transport opened in the connecting thread": "ssh-in-thread",
+    }
+    figures: dict[str, list[bl.Timed]] = {name: [] for name in variants}
+    for number in range(rounds + 1):
+        for name in bl.rotate(list(variants), number):
+            kind.step()
+            timed = kind.cli.run(kind.config, "deploy", "--json", entry=(script, variants[name]))
+            if number:  # the first round warms up
+                figures[name].append(timed)
+    base = [t.seconds for t in figures["as is"]]
+    for name, runs in figures.items():
+        seconds = [t.seconds for t in runs]
+        build = [t.data["phases"]["build"] for t in runs]
+        line = f"  {name:46} {bl.spread(seconds)}, build phase {bl.spread(build)}"
+        if name != "as is":
+            line += f"; ÷ as is {bl.ratio_text(seconds, base)}"
         print(line)
 
 
@@ -553,6 +621,9 @@ def main() -> int:
             ("deploy.python -c pass", [str(python), "-c", "pass"]),
             ("import sqlalchemy", [str(python), "-c", "import sqlalchemy"]),
             ("import deploytools.datamig.runner", [str(python), "-c", f"import {RUNNER}"]),
+            # what the interpreter's teardown costs a runner that exits
+            ("the same, then os._exit(0)",
+             [str(python), "-c", f"import os, {RUNNER}; os._exit(0)"]),
             ("datamig check --json (nothing pending)", runner),
         ):  # fmt: skip
             runs = timed_runs(as_login_user(user, argv), 10, cwd=release)
@@ -577,18 +648,21 @@ def main() -> int:
         # 6. the floor
         print("\n6. the floor (paramiko with TCP_NODELAY, median of 10)")
         floor = ssh_floor(hosts, 10)
-        print(f"  connect (TCP, handshake, publickey auth)        {median_ms(floor['connect'])}")
-        print(f"  exec 'true', the first on the connection        {median_ms(floor['first'])}")
-        print(f"  exec 'true', the first after a 100 ms pause     {median_ms(floor['paused'])}")
-        print(f"  exec 'true', later                              {median_ms(floor['true'])}")
-        print(
-            f"  exec 'sh -c <shell library ({len(library()):,} B)>; true'  "
-            f"{median_ms(floor['library'])}"
-        )
-        script = library() + "root=/srv\ntrue\n"
-        local = timed_runs(["sh", "-c", script], 20)
-        bare = timed_runs(["sh", "-c", "true"], 20)
-        print(f"  locally: sh -c <library> {median_ms(local)}, sh -c true {median_ms(bare)}")
+        rows = [
+            ("connect (TCP, handshake, publickey auth)", floor["connect"]),
+            ("exec 'true', the first on the connection", floor["first"]),
+            ("  the same, TCP_QUICKACK after every read", floor["first-quickack"]),
+            ("exec 'true', the first after a 100 ms pause", floor["paused"]),
+            ("exec 'true', later", floor["true"]),
+        ]
+        for name, text in floor_libraries().items():
+            what = "the upload's functions" if name == "upload" else "the whole library"
+            rows.append((f"exec 'sh -c <{what} ({len(text):,} B)>; true'", floor[name]))
+            local = timed_runs(["sh", "-c", text + "root=/srv\ntrue\n"], 20)
+            rows.append((f"  locally: sh -c <{what}>", local))
+        rows.append(("locally: sh -c true", timed_runs(["sh", "-c", "true"], 20)))
+        for title, values in rows:
+            print(f"  {title:58} {median_ms(values)}")
 
         # 7. what-ifs
         print(
@@ -596,6 +670,13 @@ def main() -> int:
             f"then rollback, no migrations, {options.rounds} interleaved rounds"
         )
         what_ifs(kinds[0], hosts, options.rounds)
+
+        # 8. what-ifs on the command line
+        print(
+            f"\n8. what if, on the command line (start-up included), no migrations, "
+            f"{options.rounds} interleaved rounds"
+        )
+        cli_what_ifs(kinds[0], options.rounds)
     finally:
         hosts.stop()
         bl.cleanup(directory)
@@ -609,7 +690,7 @@ def _condensed(text: str) -> str:
         if (
             not line.strip()
             or "function calls" in line
-            or line.startswith(("Ordered by", "   List reduced"))
+            or line.strip().startswith(("Ordered by", "List reduced"))
         ):
             continue
         line = re.sub(r"/\S*/(site-packages|lib/python3\.\d+)/", "", line)

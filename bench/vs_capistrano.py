@@ -223,7 +223,8 @@ class CapProject:
 class Figures:
     seconds: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TOOLS})
     phases: list[dict[str, float]] = field(default_factory=list)
-    counted: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    # per host: exec requests, connections, bytes client→host, bytes of the command lines
+    counted: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     reported: list[tuple[int, int, int]] = field(default_factory=list)  # deploytools' --json
 
 
@@ -334,11 +335,13 @@ class Case:
                 commands = {}
                 timed = self.measure(tool, counted=True)
             after = self.hosts.traffic()
+            sizes = counter.sizes if counter.available else {}
             self.figures.counted[tool] = [
                 (
                     commands.get(address, -1),
                     after[i][0] - before[i][0],
                     after[i][1] - before[i][1],
+                    sum(sizes.get(address, [])) if address in sizes else -1,
                 )
                 for i, address in enumerate(addresses)
             ]
@@ -381,11 +384,16 @@ class Case:
                 f"before the build ends, exit): {bl.spread(outside)}"
             )
         if self.figures.counted:
-            print("  per host, one counted run: exec requests, connections, bytes client→host")
+            print(
+                "  per host, one counted run: exec requests, connections, bytes client→host "
+                "(of which command lines)"
+            )
             for tool in TOOLS:
                 cells = "; ".join(
-                    f"host{i + 1} {c if c >= 0 else '?'} cmd, {n} conn, {b:,} B"
-                    for i, (c, n, b) in enumerate(self.figures.counted.get(tool, []))
+                    f"host{i + 1} {c if c >= 0 else '?'} cmd, {n} conn, {b:,} B ({lines:,} B)"
+                    if lines >= 0
+                    else f"host{i + 1} {c} cmd, {n} conn, {b:,} B"
+                    for i, (c, n, b, lines) in enumerate(self.figures.counted.get(tool, []))
                 )
                 print(f"  {tool:20} {cells}")
             if self.figures.reported:
