@@ -286,6 +286,31 @@ def test_invoke_restart_restarts_and_fails_naming_the_hosts(web):
     assert not any(web.locked(h) for h in web.names)
 
 
+def test_a_restart_failing_for_the_old_release_too_is_exit_4_naming_the_hosts(web):
+    """Restart fails on the new release, every host switches back, and restarting the old one
+    fails as well: nobody can say what serves, so exit 4 names the hosts."""
+    first = deploy(web.settings(**web.runtime))
+    web.repo.bump()
+    completed = web.invoke("deploy", **{**web.runtime, "restart": ["exit 1"]})
+    assert completed.returncode == 4, completed.stderr
+    assert all(name in completed.stderr for name in web.names)
+    assert "restart" in completed.stderr
+    assert set(web.currents().values()) == {first.release}  # switched back everywhere
+
+
+def test_a_rollback_whose_health_check_fails_is_exit_4_naming_the_hosts(web):
+    first = deploy(web.settings(**web.runtime))
+    web.repo.bump()
+    deploy(web.settings(**web.runtime))
+    failing = {**web.runtime, "health": ["exit 1"], "health_timeout": 1}
+    completed = web.invoke("rollback", **failing)
+    assert completed.returncode == 4, completed.stderr
+    assert all(name in completed.stderr for name in web.names)
+    assert "health check `exit 1` did not pass" in completed.stderr
+    assert "invoke restart" in completed.stderr
+    assert set(web.currents().values()) == {first.release}  # never a split fleet
+
+
 def test_health_cmd_is_read_as_health(web):
     runtime = {**web.runtime, "health_timeout": 1}
     runtime.pop("health")
