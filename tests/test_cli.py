@@ -85,3 +85,16 @@ def test_setup_says_once_why_it_cannot_create_the_root(local, tmp_path):
     assert completed.returncode == 1
     assert completed.stderr.count("Not a directory") == 1, completed.stderr
     assert "cannot create the layout under" in completed.stderr
+
+
+def test_deploying_part_of_the_fleet_warns_that_it_stays_split(ssh_fleet):
+    first, *others = ssh_fleet.names
+    dry = ssh_fleet.invoke("deploy", "--dry-run", "--hosts", first)
+    assert dry.returncode == 0, dry.stderr
+    assert f"only {first} would switch" in dry.stderr
+    assert all(name in dry.stderr for name in others)
+    completed = ssh_fleet.invoke("deploy", "--hosts", first)
+    assert completed.returncode == 0, completed.stderr
+    assert f"only {first} will switch; {', '.join(others)} keep their release" in completed.stderr
+    currents = ssh_fleet.currents()
+    assert currents[first] is not None and all(currents[name] is None for name in others)
