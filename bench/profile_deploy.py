@@ -23,8 +23,9 @@ checkout. Measures, in the same run:
 7. what-ifs: changes patched into the client in this process (TCP_QUICKACK taken out again,
    to see what it buys; the shell functions kept on the host instead of sent with each
    command), a warm deploy and a rollback each, interleaved with the code as it is;
-8. what-ifs on the command line (``whatif_cli.py``: start-up included): the SSH transport
-   opened in the connecting thread, so the build does not wait for paramiko's import.
+8. what-ifs on the command line (``whatif_cli.py``: start-up included): the SSH transports
+   made on the main thread before the build, as before the connecting threads made them (what
+   making them there buys).
 
     python bench/profile_deploy.py [--rounds 15]
 """
@@ -432,7 +433,7 @@ def cli_what_ifs(kind: Condition, rounds: int) -> None:
     script = str(bl.BENCH / "whatif_cli.py")
     variants = {
         "as is": "as-is",
-        "SSH transport opened in the connecting thread": "ssh-in-thread",
+        "SSH transports made on the main thread (before)": "ssh-on-main-thread",
     }
     figures: dict[str, list[bl.Timed]] = {name: [] for name in variants}
     for number in range(rounds + 1):

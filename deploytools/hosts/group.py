@@ -36,20 +36,39 @@ class HostGroup:
 
     def __init__(self, settings: Settings, targets: Iterable[Target] | None = None) -> None:
         self.settings = settings
-        self.transports: dict[str, Transport] = {
-            target.name: open_transport(target, settings)
-            for target in (settings.targets if targets is None else targets)
-        }
+        self._targets = list(settings.targets if targets is None else targets)
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, min(MAX_THREADS, len(self.transports))), thread_name_prefix="host"
+            max_workers=max(1, min(MAX_THREADS, len(self._targets))), thread_name_prefix="host"
         )
-        self._connecting: dict[str, concurrent.futures.Future] = {}
+        self._opening: dict[str, concurrent.futures.Future[Transport]] = {}
+        self._transports: dict[str, Transport] | None = None
 
     def connect_in_background(self) -> None:
         """Start connecting to every host now (a deploy overlaps this with its build); the
-        first command on a host waits for its connection, and reports its failure."""
-        for name, transport in self.transports.items():
-            self._connecting[name] = self._pool.submit(_quietly_connect, transport)
+        first command on a host waits for its connection, and reports its failure. The
+        transports are made in the connecting threads too: making the first SSH one imports
+        paramiko and Fabric (about 60 ms), which the build need not wait for."""
+        for target in self._targets:
+            self._opening[target.name] = self._pool.submit(self._open_and_connect, target)
+
+    def _open_and_connect(self, target: Target) -> Transport:
+        transport = open_transport(target, self.settings)
+        _quietly_connect(transport)
+        return transport
+
+    @property
+    def transports(self) -> dict[str, Transport]:
+        """Every host's transport by name (waiting for those being made in the background)."""
+        if self._transports is None:
+            self._transports = {
+                target.name: (
+                    self._opening[target.name].result()
+                    if target.name in self._opening
+                    else open_transport(target, self.settings)
+                )
+                for target in self._targets
+            }
+        return self._transports
 
     def __enter__(self) -> HostGroup:
         return self
@@ -59,12 +78,16 @@ class HostGroup:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        for transport in self.transports.values():
+        opened = dict(self._transports or {})
+        for name, future in self._opening.items():
+            if name not in opened and future.exception() is None:
+                opened[name] = future.result()
+        for transport in opened.values():
             transport.close()
 
     @property
     def names(self) -> list[str]:
-        return list(self.transports)
+        return [target.name for target in self._targets]
 
     def run(
         self,
@@ -74,8 +97,9 @@ class HostGroup:
     ) -> dict[str, T]:
         """Run ``action`` on every host (or ``hosts``) in parallel and wait for all of them.
         Raises the combined error, naming each failed host and the phase."""
-        names = list(self.transports) if hosts is None else list(hosts)
-        futures = {name: self._pool.submit(action, self.transports[name]) for name in names}
+        transports = self.transports
+        names = list(transports) if hosts is None else list(hosts)
+        futures = {name: self._pool.submit(action, transports[name]) for name in names}
         try:
             concurrent.futures.wait(futures.values())
         except KeyboardInterrupt:
