@@ -438,7 +438,7 @@ def abort_script(root: str, *, owner: LockOwner | None, discard: str | None) -> 
             "remove_release", discard
         )
     if owner is not None:
-        script.call("release_lock", owner.token)
+        script.call("stop_own_runner", owner.token).call("release_lock", owner.token)
     return script.text()
 
 

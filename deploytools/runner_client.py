@@ -245,6 +245,12 @@ class Runner:
         then applies each phase when told. Saves a second interpreter start and import."""
         return Session(self, directory, owner)
 
+    def early_session(self, *, owner: LockOwner) -> Session:
+        """A session started before the release is in place (during the upload): its
+        interpreter start and imports overlap the transfer; ``Session.enter`` then names the
+        release to check."""
+        return Session(self, ".", owner, early=True)
+
     def apply(
         self, directory: str, *, release: str, phase: str, owner: LockOwner | None
     ) -> RunnerAnswer:
@@ -292,7 +298,9 @@ class Session:
     If its command ends early (a lost connection, a stop), a step answers like a one-shot
     call that ended the same way, and later steps fall back to one-shot calls."""
 
-    def __init__(self, runner: Runner, directory: str, owner: LockOwner) -> None:
+    def __init__(
+        self, runner: Runner, directory: str, owner: LockOwner, *, early: bool = False
+    ) -> None:
         self.runner = runner
         self.feed = InputFeed()
         self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -302,7 +310,7 @@ class Session:
             runner.transport.target.root,
             directory,
             runner_python(runner.transport.target),
-            runner.argv("session", []),
+            runner.argv("session", ["--await-release"] if early else []),
             owner=owner,
         )
         self._command = self._pool.submit(
@@ -355,6 +363,18 @@ class Session:
             self.runner._check_protocol(answer)
             return answer
 
+    def enter(self, directory: str) -> bool:
+        """An early session: wait until its runner is ready, then send it the release to
+        check. False when it never became ready (it ended: a runner that predates early
+        sessions rejects the flag, or the connection was lost); the caller then starts an
+        ordinary session, which reports any real problem."""
+        answer = self.next_answer()
+        if answer.data is None or answer.data.get("command") != "ready":
+            self.close(wait=5)
+            return False
+        self.feed.send(f"check {directory}\n")
+        return True
+
     def check(self) -> CheckReport:
         return self.runner.check_report(self.next_answer())
 
@@ -362,6 +382,11 @@ class Session:
         self.feed.send(f"apply {phase}\n")
         timeout = self.runner.settings.datamig_timeout
         return self.next_answer(timeout)
+
+    def end(self) -> None:
+        """No more steps: the runner reads the end of its stdin and exits, while the deploy
+        goes on (``close`` waits for it)."""
+        self.feed.close()
 
     def close(self, wait: float = 30) -> None:
         """End the session: the runner reads the end of its stdin and exits."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -572,5 +573,115 @@ def test_deploy_prints_the_runners_warnings(app):
     assert "202601010000" in stderr and "changed" in stderr  # edited after it was applied
     assert "out of order" in stderr  # a version below the newest applied one
     assert any("changed" in w for w in report["warnings"])
+    app.repo.bump()  # a new release id: the same commit in the same second would be taken
     dry = app.invoke("deploy", "--dry-run")
     assert "changed" in dry.stderr
+
+
+USES_THE_RELEASE = '''"""Imports a module of the release itself."""
+import sqlalchemy as sa
+
+from app_settings import GREETING
+
+
+def run(ctx):
+    ctx.db.execute(sa.text("CREATE TABLE greetings (text text)"))
+    ctx.db.execute(sa.text("INSERT INTO greetings VALUES (:text)"), {"text": GREETING})
+'''
+
+
+def logging_python(tmp_path: Path, *, reject_await: bool = False) -> Path:
+    """A deploy.python that logs where each runner starts (and may play a runner that
+    predates early sessions, rejecting their flag), then runs the real one."""
+    log = tmp_path / "runner-starts.log"
+    script = tmp_path / "python"
+    reject = (
+        'case " $* " in *" --await-release "*) '
+        'echo "usage: datamig: error: unrecognized arguments: --await-release" >&2; exit 2;; '
+        "esac\n"
+        if reject_await
+        else ""
+    )
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s %s\\n" "$PWD" "$*" >> {log}\n{reject}exec {sys.executable} "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def greetings(fleet) -> list[str]:
+    engine = sa.create_engine(fleet.facts["pg_url"])
+    try:
+        with engine.connect() as db:
+            return [row[0] for row in db.execute(sa.text("SELECT text FROM greetings"))]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("older_runner", [False, True], ids=["early", "older-runner"])
+def test_the_runner_starts_during_the_upload_and_imports_from_the_release(
+    app, tmp_path, older_runner
+):
+    """Without an environment to build, the runner starts while the release uploads (in the
+    root: the release is not there yet) and enters it for the check; a migration importing the
+    release's own module works. A runner that rejects the early start is started the usual
+    way, in the release, and the deploy is the same."""
+    python = logging_python(tmp_path, reject_await=older_runner)
+    app.repo.commit(
+        {
+            "app_settings.py": "GREETING = 'hello from the release'\n",
+            "migrations/202601010000_uses_the_release.py": USES_THE_RELEASE,
+        }
+    )
+    entries = [dict(entry, python=str(python)) for entry in app.entries]
+    code, report, stderr = deploy_cli(app, hosts=entries)
+    assert code == 0, stderr
+    assert greetings(app) == ["hello from the release"]
+    assert [m["name"] for m in report["migrations"]["applied"]] == ["uses_the_release"]
+    root = str(app.root(app.names[0]))
+    log = (tmp_path / "runner-starts.log").read_text()
+    starts = [line.split(" ", 1) for line in log.splitlines()]
+    sessions = [where for where, argv in starts if " session " in f" {argv} "]
+    release_dir = f"{root}/releases/{report['release']}"
+    if older_runner:  # the early one refused its flag; the usual one ran in the release
+        assert sessions == [root, release_dir]
+    else:
+        assert sessions == [root]
+
+
+def runners_left(root: Path) -> list[str]:
+    """The runner sessions still running for ``root`` (its path is on their command line)."""
+    found = subprocess.run(["pgrep", "-af", f"datamig session .*{root}"], capture_output=True)
+    return found.stdout.decode().splitlines()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_deploy_stopped_after_the_upload_ends_the_early_runner_having_done_nothing(
+    app, tmp_path, signal_name
+):
+    """The runner started during the upload waits for its release: a deploy that stops
+    before the check (cancelled, or killed: its connection closes) leaves it nothing to do but
+    exit, and the ledger untouched."""
+    python = logging_python(tmp_path)
+    entries = [dict(entry, python=str(python)) for entry in app.entries]
+    assert deploy_cli(app, hosts=entries)[0] == 0
+    app.repo.commit({"migrations/202601010000_create_things.py": CREATE_THINGS})
+    before = app.currents()
+    completed = app.invoke(
+        "deploy", hosts=entries, env={"DEPLOYTOOLS_FAULT": f"after:upload:{signal_name}"}
+    )
+    assert completed.returncode != 0
+    assert "session" in (tmp_path / "runner-starts.log").read_text()  # it had started
+    root = app.root(app.names[0])
+    for _ in range(100):  # a killed deployer's connection closes: the runner reads its end
+        if not runners_left(root):
+            break
+        time.sleep(0.1)
+    assert runners_left(root) == []
+    assert ledger_exists(app) is False and things(app) == []
+    assert app.currents() == before
+    # the next deploy (recovering the killed one's locks first) applies it, once
+    code, report, stderr = deploy_cli(app, hosts=entries)
+    assert code == 0, stderr
+    assert [m["name"] for m in report["migrations"]["applied"]] == ["create_things"]
+    assert things(app) == ["first"]

@@ -425,6 +425,14 @@ def _unusable(conn: Connection, book: LedgerState) -> str | None:
     return None if can_write else "this user cannot write the data_migrations table"
 
 
+def warm_up(database_url: str | None, root: Path | None) -> None:
+    """Import what the steps will need (this module brought SQLAlchemy; an engine brings the
+    ledger's dialect and driver) without connecting: an early session does it while its
+    release is still being uploaded. A bad URL is left for the check to report."""
+    with contextlib.suppress(Exception):
+        ledger.create_engine(ledger.ledger_database(database_url, root)).dispose()
+
+
 def check(settings: Settings) -> CheckReport:
     """Validate everything a deploy needs before it changes anything: the files, every pending
     module (imported, no bytecode written), their phases, the ledger (connected read-only) and

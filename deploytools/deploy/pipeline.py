@@ -264,6 +264,10 @@ class Deploy:
             "upload", f"{len(self.release.entries)} files to {count} host{'s' * (count != 1)}"
         )
         publish = self.release.lock_file is None  # else the environment phase publishes it
+        if self.release.migrations and publish:
+            # the runner's python is known (no environment to build): start it now, so its
+            # start-up overlaps the transfer instead of following it
+            self.session = self._runner().early_session(owner=self.owner.at("upload"))
         with self.reporter.upload(list(self.hosts)) as progress:
             self._on_hosts(
                 "upload",
@@ -307,8 +311,11 @@ class Deploy:
         started = time.monotonic()
         # one runner for the deploy: it checks now, and applies each phase when told
         runner = self._runner()
-        self.session = runner.session(f"releases/{self.release.id}", owner=self.owner.at("check"))
+        directory = f"releases/{self.release.id}"
         try:
+            if self.session is None or not self.session.enter(directory):
+                self._close_session()
+                self.session = runner.session(directory, owner=self.owner.at("check"))
             self.check = self.session.check()
         except (Interruption, HostError):
             # no answer (Ctrl-C, SIGTERM, a lost connection): the check may still run there;
@@ -332,6 +339,7 @@ class Deploy:
         self.result.migrations = self.migrations.report()  # what migrate adds to
         if self.check.pending_in("before_switch"):
             self.migrate("before_switch")
+        self._end_session_unless_needed("after_switch", "after_restart")
 
     def before_switch(self) -> None:
         if not self.settings.before_switch:
@@ -395,6 +403,8 @@ class Deploy:
             self.interrupts,
         )
         self.result.phases[f"migrate:{phase}"] = round(time.monotonic() - started, 3)
+        if phase == "after_switch":
+            self._end_session_unless_needed("after_restart")
         self.migrations.add(outcome)
         self.result.migrations = self.migrations.report()
         self.result.ledger_id = self.migrations.ledger_id or self.result.ledger_id
@@ -440,7 +450,7 @@ class Deploy:
             )
             self.result.error = str(late)
         finally:
-            self._close_session()
+            self._end_session_unless_needed()  # it exits while the deploy finishes
         try:
             self.finish(error=str(late) if late else None)
         except DeployToolsError as failure:
@@ -449,6 +459,8 @@ class Deploy:
                 "revisions.jsonl there and run `invoke lock.release` if a lock is left."
             )
             self.result.error = str(late)
+        finally:
+            self._close_session()
         self.result.hosts = self._host_report()
         if late is not None:
             late.result = self.result  # type: ignore[attr-defined]
@@ -571,6 +583,15 @@ class Deploy:
             ],
         )
         return error, problems
+
+    def _end_session_unless_needed(self, *later: str) -> None:
+        """Close the runner's stdin once no ``later`` phase has migrations to apply: it
+        exits (it only waits between steps) while the deploy goes on."""
+        if self.session is None:
+            return
+        if self.check is not None and any(self.check.pending_in(phase) for phase in later):
+            return
+        self.session.end()
 
     def _close_session(self) -> None:
         """End the runner's session (it reads the end of its stdin and exits)."""

@@ -435,6 +435,13 @@ runner_alive() {
   stat=${stat##*) }
   [ "${stat%% *}" != Z ]
 }
+stop_own_runner() {
+  # stop_own_runner TOKEN: before an undo unlocks, a runner of this deploy still there (one
+  # started during the upload whose connection was lost) is stopped: none outlives the lock
+  own_lock "$1" || return 0
+  runner_alive || return 0
+  stop_runner 5 >/dev/null
+}
 stop_runner() {
   # stop_runner GRACE: SIGTERM to the runner's process group (it rolls back the migration in
   # flight and records the attempt), SIGKILL after GRACE seconds; returns once it is gone
