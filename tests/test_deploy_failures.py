@@ -283,6 +283,23 @@ def test_safe_links_inside_the_release_are_accepted(tmp_path):
     assert names == ["app.py", "lib/current_app"] and size == 1
 
 
+def test_build_commands_run_on_a_python_without_extraction_filters(fleet, monkeypatch):
+    """Python before 3.11.4 (Debian 12 ships 3.11.2) has no tarfile extraction filters: the
+    export for ``deploy.build`` still works (its members were checked before unpacking)."""
+    extract = tarfile.TarFile.extractall
+
+    def extractall_of_python_3_11_2(self, path=".", members=None, *, numeric_owner=False):
+        return extract(self, path, members, numeric_owner=numeric_owner)
+
+    monkeypatch.delattr(tarfile, "tar_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_of_python_3_11_2)
+    result = deploy(fleet.settings(build=["echo built > built.txt"]))
+    for host in fleet.names:
+        release = fleet.root(host) / "releases" / result.release
+        assert (release / "built.txt").read_text() == "built\n"
+    assert not (fleet.repo.path / "built.txt").exists()  # never in the work tree
+
+
 def test_repo_with_a_link_leaving_the_release_is_refused_before_any_host(fleet):
     before = fleet.snapshot()
     os.symlink("/etc/passwd", fleet.repo.path / "passwd")

@@ -53,8 +53,12 @@ def sshd_processes_of_session(host, before: set[int]) -> list[int]:
     """The sshd processes serving the connection opened since ``before`` was taken: as root
     the listener's new child; as another user also the ``user@notty`` child of that monitor
     (TESTING.md). The commands they run are left alone."""
-    (new,) = set(host.session_pids()) - before
-    return [new] + [pid for pid in descendants(new) if title(pid).startswith("sshd:")]
+    new = set(host.session_pids()) - before  # as another user: the monitor and its child
+    assert new, "no sshd process serves the new connection"
+    found = set(new)
+    for pid in new:
+        found.update(p for p in descendants(pid) if title(p).startswith("sshd:"))
+    return sorted(found)
 
 
 def test_a_host_that_never_sends_a_banner_fails_within_connect_timeout(ssh_cluster):

@@ -542,7 +542,10 @@ def _built_tree(
     read_entries(tree)  # refuse an unsafe export before unpacking it
     export = Path(tempfile.mkdtemp(prefix="export-", dir=directory))
     with tarfile.open(tree) as archive:
-        archive.extractall(export, filter="tar")
+        if hasattr(tarfile, "tar_filter"):  # Python 3.11.4+; Debian 12's is 3.11.2
+            archive.extractall(export, filter="tar")
+        else:
+            archive.extractall(export)  # read_entries above refused what could escape
     _run_build_commands(commands, export, on_line)
     built = directory / "built.tar"
     with tarfile.open(built, "w", format=tarfile.PAX_FORMAT) as out:
