@@ -291,7 +291,7 @@ def test_build_commands_run_on_a_python_without_extraction_filters(fleet, monkey
     def extractall_of_python_3_11_2(self, path=".", members=None, *, numeric_owner=False):
         return extract(self, path, members, numeric_owner=numeric_owner)
 
-    monkeypatch.delattr(tarfile, "tar_filter")
+    monkeypatch.delattr(tarfile, "tar_filter", raising=False)
     monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_of_python_3_11_2)
     result = deploy(fleet.settings(build=["echo built > built.txt"]))
     for host in fleet.names:
