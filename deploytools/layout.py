@@ -509,8 +509,8 @@ def untrack_script(root: str, track: str, grace: float = 5) -> str:
     return Script(root).call("need_root").call("untrack", track, max(1, round(grace))).text()
 
 
-def stage_dry_run_script(root: str, name: str) -> str:
-    return Script(root).call("need_root").call("stage_dry_run", name).text()
+def stage_dry_run_script(root: str, name: str, compression: str) -> str:
+    return Script(root).call("need_root").call("stage_dry_run", name, compression).text()
 
 
 def unstage_dry_run_script(root: str, name: str) -> str:

@@ -213,10 +213,11 @@ def _read_ledger(
     name = f".dry-run-{release.id}"
     folder = "/".join(p for p in settings.migrations_path.split("/") if p not in ("", "."))
     files = [path for path in release.entries if folder == "" or path.startswith(folder + "/")]
-    archive, _sha256 = release.repair_archive(files, "dry-run")
+    archive, _sha256, compression = release.repair_archive(files, "dry-run")
     transport.put(archive, f"{state.root}/{name}.tar.gz")
     try:
-        checked(transport.run_script(stage_dry_run_script(transport.target.root, name)), "check")
+        stage = stage_dry_run_script(transport.target.root, name, compression)
+        checked(transport.run_script(stage), "check")
         report = runner.check(directory, path=f"{state.root}/{name}/{folder}".rstrip("/"))
     finally:
         transport.run_script(unstage_dry_run_script(transport.target.root, name))

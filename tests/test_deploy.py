@@ -223,6 +223,35 @@ def test_a_redeploy_sends_only_what_changed_and_the_host_has_exactly_the_release
     assert kept.stat().st_ino == (root / "releases" / first.release / "keep.txt").stat().st_ino
 
 
+def test_archives_are_compressed_only_when_it_pays(fleet, tmp_path):
+    """Code is gzipped; files that do not shrink (images, wheels) are sent as they are, and
+    every host still has them byte for byte."""
+    from deploytools.deploy.build import GZIP, NONE, build_release
+
+    blob = os.urandom(600_000)
+    (fleet.repo.path / "assets").mkdir()
+    (fleet.repo.path / "assets" / "photo.jpg").write_bytes(blob)
+    fleet.repo.commit({}, "an incompressible asset")
+    (tmp_path / "full").mkdir()
+    release = build_release(fleet.repo.path, "HEAD", "migrations", tmp_path / "full")
+    assert release.payload(None).compression == NONE
+    result = deploy(fleet.settings())
+    for name in fleet.names:
+        assert (fleet.root(name) / "current" / "assets" / "photo.jpg").read_bytes() == blob
+
+    fleet.repo.commit({"app.py": "VERSION = 'text'\n" + "print('hello')\n" * 20_000})
+    (tmp_path / "delta").mkdir()
+    release = build_release(fleet.repo.path, "HEAD", "migrations", tmp_path / "delta")
+    previous = json.loads((fleet.root(fleet.names[0]) / "current" / ".release.json").read_text())
+    payload = release.payload(previous)
+    assert payload.compression == GZIP and payload.files == 1
+    assert payload.archive.stat().st_size < 20_000  # 300 KB of code, gzipped
+    second = deploy(fleet.settings())
+    assert second.release != result.release
+    for name in fleet.names:
+        assert (fleet.root(name) / "current" / "app.py").read_text().count("hello") == 20_000
+
+
 def test_hosts_on_different_releases_each_get_their_own_delta(ssh_fleet):
     first = deploy(ssh_fleet.settings())
     ssh_fleet.repo.commit({"only_on_one.txt": "x\n" * 5000})

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..hosts.group import checked
 from ..layout import Code, parse_output, repair_script, unpack_script, upload_paths
 from ..lock import LockOwner
-from .build import COMPRESSION, Release
+from .build import Release
 from .state import HostProgress, Step
 
 ProgressFor = Callable[[str], Callable[[int, int], None]]
@@ -40,7 +40,6 @@ def upload(
     common = {
         "owner": owner,
         "release": release.id,
-        "compression": COMPRESSION,
         "shared_files": settings.shared_files,
         "shared_dirs": settings.shared_dirs,
         "publish": publish,
@@ -55,6 +54,7 @@ def upload(
             sha256=payload.archive_sha256,
             plan_sha256=payload.plan_sha256,
             previous=payload.previous,
+            compression=payload.compression,
             **common,
         )
         result = transport.run_script(script)
@@ -65,8 +65,13 @@ def upload(
         # a reused file differs from what the manifest says (a release was edited in place):
         # send the files named, once, and verify again
         mismatched = parse_output(result.stdout).get("mismatch", [])
-        archive, sha256 = release.repair_archive(mismatched, host.name.replace("/", "_"))
+        archive, sha256, compression = release.repair_archive(
+            mismatched, host.name.replace("/", "_")
+        )
         transport.put(archive, archive_path)
         host.files_sent += len(mismatched)
         host.payload_bytes += archive.stat().st_size
-        host.run(repair_script(transport.target.root, sha256=sha256, **common), "upload")
+        host.run(
+            repair_script(transport.target.root, sha256=sha256, compression=compression, **common),
+            "upload",
+        )

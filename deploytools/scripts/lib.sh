@@ -393,10 +393,10 @@ clean_envs() {
 }
 
 stage_dry_run() {
-  # stage_dry_run NAME: the uploaded NAME.tar.gz unpacked into <root>/NAME: a dry run's copy
-  # of the new migrations, for the runner's check (removed again by unstage_dry_run)
+  # stage_dry_run NAME COMPRESSION: the uploaded NAME.tar.gz unpacked into <root>/NAME: a dry
+  # run's copy of the new migrations, for the runner's check (removed by unstage_dry_run)
   rm -rf -- "$abs/$1" && mkdir -- "$abs/$1" &&
-    tar --no-same-owner -xzf "$abs/$1.tar.gz" -C "$abs/$1" || {
+    tar --no-same-owner -x"$2"f "$abs/$1.tar.gz" -C "$abs/$1" || {
       rm -rf -- "$abs/$1" "$abs/$1.tar.gz"; fail 1 "cannot unpack $abs/$1.tar.gz"; }
   rm -f -- "$abs/$1.tar.gz"
 }
