@@ -366,11 +366,10 @@ class Session:
     def enter(self, directory: str) -> bool:
         """An early session: wait until its runner is ready, then send it the release to
         check. False when it never became ready (it ended: a runner that predates early
-        sessions rejects the flag, or the connection was lost); the caller then starts an
-        ordinary session, which reports any real problem."""
+        sessions rejects the flag, or the connection was lost); the caller then closes it and
+        starts an ordinary session, which reports any real problem."""
         answer = self.next_answer()
         if answer.data is None or answer.data.get("command") != "ready":
-            self.close(wait=5)
             return False
         self.feed.send(f"check {directory}\n")
         return True

@@ -285,13 +285,19 @@ def collect_secrets(database_url: str | None, *environments: dict[str, str]) -> 
     return sorted(found)
 
 
+def load_env_file(args: argparse.Namespace) -> dict[str, str]:
+    """``--env-file``'s variables, added to the environment where it has none of its own."""
+    file_vars = read_env_file(Path(args.env_file)) if args.env_file else {}
+    for key, value in file_vars.items():
+        os.environ.setdefault(key, value)
+    return file_vars
+
+
 def _run(args: argparse.Namespace, secrets: list[str]) -> Any:
     """Run the command; returns its result object."""
     from deploytools.datamig import runner
 
-    file_vars = read_env_file(Path(args.env_file)) if args.env_file else {}
-    for key, value in file_vars.items():
-        os.environ.setdefault(key, value)
+    file_vars = load_env_file(args)
     secrets[:] = collect_secrets(args.database_url, dict(os.environ), file_vars)
     if args.command == "revert" and (args.version is None) == (args.release is None):
         raise UsageError("revert needs exactly one of VERSION or --release ID")
@@ -468,10 +474,9 @@ def _enter_release_when_told(args: argparse.Namespace, commands: TextIO, pump: A
     client names. False at the end of stdin (the deploy stopped before its check)."""
     from deploytools.datamig import runner
 
+    with contextlib.suppress(Exception):  # a bad file is the check's to report
+        load_env_file(args)
     url = args.database_url or os.environ.get("DATABASE_URL")
-    if not url and args.env_file:
-        with contextlib.suppress(Exception):
-            url = read_env_file(Path(args.env_file)).get("DATABASE_URL")
     runner.warm_up(url, Path(args.root) if args.root else None)
     pump.answer(json.dumps({"protocol": PROTOCOL, "command": "ready", "exit_code": 0}) + "\n")
     verb, _, directory = commands.readline().strip().partition(" ")
