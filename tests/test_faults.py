@@ -129,6 +129,19 @@ def deploying(world: World) -> str | None:
     return owner["release"]
 
 
+def kill_while_held(
+    world: World, hold: str, tmp_path: Path, inside: str = ""
+) -> tuple[Run, str | None]:
+    """Deploy until a hook, migration or installer waits on the flag ``hold-HOLD`` (it says so
+    with ``inside-INSIDE``, by default ``inside-HOLD``), then SIGKILL the deployer there:
+    the killed run and the release it was deploying."""
+    world.flag(f"hold-{hold}")
+    process = world.start("deploy", "--json", env=fault_env(tmp_path))
+    world.wait_for(world.flags / f"inside-{inside or hold}", process)
+    process.kill()
+    return world.finish(process), deploying(world)
+
+
 def next_command(world: World, command: str) -> Run:
     """What settles a killed deploy: ``lock.release``, or the next deploy (a new commit) that
     recovers first and says so."""
@@ -228,12 +241,7 @@ def test_sigkill_in_the_undo(world, point, failure, tmp_path):
 
 def test_sigkill_inside_the_check_step(world, tmp_path):
     new_release(world)
-    world.flag("hold-check")
-    process = world.start("deploy", "--json", env=fault_env(tmp_path))
-    world.wait_for(world.flags / "inside-check", process)
-    process.kill()
-    killed = world.finish(process)
-    release = deploying(world)
+    killed, release = kill_while_held(world, "check", tmp_path)
     world.clear_flags()
     after = next_command(world, "lock.release")  # stops the check the dead deploy left
     check(world, [killed, after], release=release)
@@ -241,12 +249,7 @@ def test_sigkill_inside_the_check_step(world, tmp_path):
 
 def test_sigkill_inside_a_before_switch_migration(world, tmp_path):
     versions = new_release(world, "before_switch", "after_switch")
-    world.flag(f"hold-{versions[0]}")
-    process = world.start("deploy", "--json", env=fault_env(tmp_path))
-    world.wait_for(world.flags / f"inside-{versions[0]}", process)
-    process.kill()
-    killed = world.finish(process)
-    release = deploying(world)
+    killed, release = kill_while_held(world, versions[0], tmp_path)
     after = next_command(world, "lock.release")  # stops the runner: the migration rolls back
     currents = check(world, [killed, after], release=release)
     assert release not in currents.values()
@@ -255,12 +258,7 @@ def test_sigkill_inside_a_before_switch_migration(world, tmp_path):
 
 def test_sigkill_inside_the_second_migration(world, tmp_path):
     versions = new_release(world, "after_switch", "after_switch")
-    world.flag(f"hold-{versions[1]}")
-    process = world.start("deploy", "--json", env=fault_env(tmp_path))
-    world.wait_for(world.flags / f"inside-{versions[1]}", process)
-    process.kill()
-    killed = world.finish(process)
-    release = deploying(world)
+    killed, release = kill_while_held(world, versions[1], tmp_path)
     after = next_command(world, "lock.release")
     currents = check(world, [killed, after], release=release)
     # the hosts went back; the first migration committed and is named as staying applied
@@ -271,12 +269,7 @@ def test_sigkill_inside_the_second_migration(world, tmp_path):
 
 def test_sigkill_inside_an_after_restart_migration(world, tmp_path):
     versions = new_release(world, "after_switch", "after_restart")
-    world.flag(f"hold-{versions[1]}")
-    process = world.start("deploy", "--json", env=fault_env(tmp_path))
-    world.wait_for(world.flags / f"inside-{versions[1]}", process)
-    process.kill()
-    killed = world.finish(process)
-    release = deploying(world)
+    killed, release = kill_while_held(world, versions[1], tmp_path)
     world.clear_flags()
     after = next_command(world, "deploy")
     check(world, [killed, after], release=release)
@@ -286,12 +279,7 @@ def test_sigkill_inside_an_after_restart_migration(world, tmp_path):
 @pytest.mark.parametrize("hook", ["before_switch", "restart"])
 def test_sigkill_inside_a_hook(world, hook, tmp_path):
     new_release(world)
-    world.flag(f"hold-{hook}.host2")
-    process = world.start("deploy", "--json", env=fault_env(tmp_path))
-    world.wait_for(world.flags / f"inside-{hook}.host2", process)
-    process.kill()
-    killed = world.finish(process)
-    release = deploying(world)
+    killed, release = kill_while_held(world, f"{hook}.host2", tmp_path)
     world.clear_flags()  # the next command's own hooks must not wait
     after = next_command(world, "lock.release")
     check(world, [killed, after], release=release)
@@ -359,12 +347,7 @@ def test_faults_while_the_environment_builds(env_world, tmp_path):
     the installer, and the next deploy builds the environment whole."""
     world, fleet = env_world, env_world.fleet
     fleet.repo.commit({"requirements.txt": "tinyapp-dep==2.0\n"}, "a new lock file")
-    world.flag("hold-venv")
-    process = world.start("deploy", "--json", env=fault_env(tmp_path))
-    world.wait_for(world.flags / "inside-venv.host1", process)
-    process.kill()
-    killed = world.finish(process)
-    release = deploying(world)
+    killed, release = kill_while_held(world, "venv", tmp_path, inside="venv.host1")
     world.clear_flags()
     after = next_command(world, "lock.release")
     check(world, [killed, after], release=release)  # the held installers were stopped
