@@ -39,6 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from childlib import rss_kb, timed_apply  # noqa: E402
+
 TARGET = 0.90  # the runner's throughput against hand-written batches without checkpoints
 VERSION = "202401010000"
 MIGRATION = '''"""Backfill orders.total = amount * BENCH_FACTOR (the migration of the bench)."""
@@ -73,20 +75,13 @@ def run(ctx):
 '''
 
 
-def _rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 # --------------------------------------------------------------------------- children
 
 
 def child_single(job: dict) -> dict:
     import sqlalchemy as sa
 
-    baseline = _rss_kb()
+    baseline = rss_kb()
     engine = sa.create_engine(job["database_url"])
     start = time.perf_counter()
     with engine.begin() as conn:
@@ -106,7 +101,7 @@ def child_batches(job: dict) -> dict:
     from deploytools.datamig import ledger
 
     orders = sa.table("orders", sa.column("id"), sa.column("amount"), sa.column("total"))
-    baseline = _rss_kb()
+    baseline = rss_kb()
     database = ledger.ledger_database(job["database_url"], None)
     engine = ledger.create_engine(database)
     start = time.perf_counter()
@@ -133,16 +128,9 @@ def child_batches(job: dict) -> dict:
 def child_runner(job: dict) -> dict:
     from deploytools.datamig import runner
 
-    baseline = _rss_kb()
-    settings = runner.Settings(
-        path=Path(job["folder"]), database_url=job["database_url"], release="bench"
+    return timed_apply(
+        runner.Settings(path=Path(job["folder"]), database_url=job["database_url"], release="bench")
     )
-    start = time.perf_counter()
-    result = runner.apply(settings)
-    seconds = time.perf_counter() - start
-    if not result.ok or len(result.applied) != 1:
-        raise SystemExit(f"the migration did not apply: {result.to_json()}")
-    return {"seconds": seconds, "baseline_kb": baseline}
 
 
 CHILDREN = {"single": child_single, "batches": child_batches, "runner": child_runner}

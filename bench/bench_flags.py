@@ -33,14 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS = REPO / "migrations"
 sys.path.insert(0, str(REPO / "tests"))
 
-
-def _rss_kb() -> int:
-    """The current resident set size of this process, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
+from childlib import rss_kb, timed_apply  # noqa: E402
 
 # --------------------------------------------------------------------------- children
 
@@ -51,14 +44,9 @@ def child_migration(database_url: str, redis_url: str) -> dict:
 
     from deploytools.datamig import runner
 
-    baseline = _rss_kb()
-    settings = runner.Settings(path=MIGRATIONS, database_url=database_url, redis_url=redis_url)
-    start = time.perf_counter()
-    result = runner.apply(settings)
-    seconds = time.perf_counter() - start
-    if not result.ok or len(result.applied) != 1:
-        raise SystemExit(f"the migration did not apply: {result.to_json()}")
-    return {"seconds": seconds, "baseline_kb": baseline}
+    return timed_apply(
+        runner.Settings(path=MIGRATIONS, database_url=database_url, redis_url=redis_url)
+    )
 
 
 def child_naive(database_url: str, redis_url: str) -> dict:
@@ -66,7 +54,7 @@ def child_naive(database_url: str, redis_url: str) -> dict:
     import redis
     import sqlalchemy as sa
 
-    baseline = _rss_kb()
+    baseline = rss_kb()
     start = time.perf_counter()
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:
